@@ -1,0 +1,254 @@
+"""The decoder: pure functions over a params pytree (Llama, Qwen2/2.5, Qwen3).
+
+RMSNorm, rotate-half RoPE (theta, Llama-3 and linear scaling), grouped-query attention without
+repeating K/V, SwiGLU. Norms, softmax and logits are computed in float32 whatever the compute
+dtype, as `transformers` does.
+
+Two entry points:
+- `forward_hidden` / `forward`: full sequences, for training and log-probs. Padding and packed rows
+  come in through `segment_ids` (0 = padding) and per-token `positions`.
+- `forward_with_cache`: writes K/V of a block of tokens into a fixed-capacity cache, for prefill
+  and decode. Rows are left-padded; `cache_start[b]` is the first real slot of row b.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from memtrain_jax.models.config import ModelConfig
+from memtrain_jax.models.params import is_stacked, unembedding
+
+Params = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------------
+# Building blocks.
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (weight.astype(jnp.float32) * x32).astype(x.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [head_dim / 2] in float32, with Llama-3 or linear scaling applied."""
+  dim = config.head_dim
+  inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+  inv_freq = inv_freq.astype(np.float32)
+  scaling = config.rope_scaling_dict
+  if scaling is None:
+    return inv_freq
+  factor = float(scaling["factor"])
+  if scaling["rope_type"] == "linear":
+    return (inv_freq / factor).astype(np.float32)
+  # Llama 3: long wavelengths are divided by `factor`, short ones kept, the band between smoothed.
+  low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+  old_len = float(scaling["original_max_position_embeddings"])
+  low_wavelen, high_wavelen = old_len / low, old_len / high
+  wavelen = 2 * np.pi / inv_freq
+  scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+  smooth = (old_len / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos, sin of shape [batch, length, head_dim] in float32."""
+  inv_freq = jnp.asarray(rope_inv_freq(config))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  emb = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x [B, T, heads, head_dim]; rotate-half convention (the `transformers` layout)."""
+  x32 = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  out = x32 * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+  return out.astype(x.dtype)
+
+
+def _project_qkv(config: ModelConfig, lp: Params, x: jax.Array, cos, sin):
+  dtype = config.dtype
+  q = jnp.einsum("btd,dhk->bthk", x, lp["wq"].astype(dtype))
+  k = jnp.einsum("btd,dhk->bthk", x, lp["wk"].astype(dtype))
+  v = jnp.einsum("btd,dhk->bthk", x, lp["wv"].astype(dtype))
+  if config.qkv_bias:
+    q = q + lp["bq"].astype(dtype)
+    k = k + lp["bk"].astype(dtype)
+    v = v + lp["bv"].astype(dtype)
+  if config.qk_norm:
+    q = rms_norm(q, lp["q_norm"], config.rms_norm_eps)
+    k = rms_norm(k, lp["k_norm"], config.rms_norm_eps)
+  return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query attention. q [B,T,H,D]; k, v [B,S,K,D]; mask [B,T,S] bool -> [B,T,H,D].
+
+  Query heads are grouped per KV head by a reshape, so K and V are never repeated in memory.
+  """
+  b, t, h, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, h // kv_heads, d)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * (1.0 / np.sqrt(d))
+  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, d)
+
+
+def _mlp(config: ModelConfig, lp: Params, x: jax.Array) -> jax.Array:
+  dtype = config.dtype
+  gate = x @ lp["w_gate"].astype(dtype)
+  up = x @ lp["w_up"].astype(dtype)
+  return (jax.nn.silu(gate) * up) @ lp["w_down"].astype(dtype)
+
+
+def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, write_index=None):
+  """One pre-norm decoder layer. Returns (x, new_kv_cache or None)."""
+  h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
+  q, k, v = _project_qkv(config, lp, h, cos, sin)
+  new_cache = None
+  if kv_cache is not None:
+    zero = jnp.zeros((), jnp.int32)
+    k_all = jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype),
+                                         (zero, write_index, zero, zero))
+    v_all = jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype),
+                                         (zero, write_index, zero, zero))
+    new_cache = {"k": k_all, "v": v_all}
+    k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
+  attn = attention(q, k, v, mask)
+  x = x + jnp.einsum("bthk,hkd->btd", attn, lp["wo"].astype(config.dtype))
+  h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
+  x = x + _mlp(config, lp, h)
+  return x, new_cache
+
+
+def _run_layers(config: ModelConfig, params: Params, x, cos, sin, mask, cache=None,
+                write_index=None):
+  """Runs every layer, unrolled (list of layers) or with lax.scan (stacked layers)."""
+
+  def body(x, lp, kv):
+    return _layer(config, lp, x, cos, sin, mask, kv, write_index)
+
+  if config.remat:
+    body = jax.checkpoint(body, prevent_cse=not is_stacked(params))
+
+  if is_stacked(params):
+    def scan_body(x, layer_and_cache):
+      lp, kv = layer_and_cache
+      x, new_kv = body(x, lp, kv)
+      return x, new_kv
+
+    x, new_cache = jax.lax.scan(scan_body, x, (params["layers"], cache))
+    return x, new_cache
+
+  new_cache = [] if cache is not None else None
+  for i, lp in enumerate(params["layers"]):
+    x, kv = body(x, lp, None if cache is None else cache[i])
+    if cache is not None:
+      new_cache.append(kv)
+  return x, new_cache
+
+
+def _embed(config: ModelConfig, params: Params, tokens: jax.Array) -> jax.Array:
+  return jnp.take(params["embed"], tokens, axis=0).astype(config.dtype)
+
+
+def _check_tokens(tokens) -> None:
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be int32 [batch, length]; got shape {tokens.shape}")
+  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise ValueError(f"tokens must be an integer array; got dtype {tokens.dtype}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-sequence forward.
+
+
+def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array, *, positions=None,
+                   segment_ids=None) -> jax.Array:
+  """Final-norm hidden states [batch, length, embed] in the compute dtype.
+
+  Attention is causal within a row and restricted to equal `segment_ids` (packed rows; 0 marks
+  padding, which attends only to padding). `positions` default to 0..length-1.
+  """
+  _check_tokens(tokens)
+  b, t = tokens.shape
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  if segment_ids is None:
+    segment_ids = jnp.ones((b, t), jnp.int32)
+  idx = jnp.arange(t)
+  mask = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (idx[None, :, None] >= idx[None, None, :])
+  cos, sin = rope_cos_sin(config, positions)
+  x = _embed(config, params, tokens)
+  x, _ = _run_layers(config, params, x, cos, sin, mask)
+  return rms_norm(x, params["final_norm"], config.rms_norm_eps)
+
+
+def logits_from_hidden(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
+  """float32 logits from hidden states (the matmul in the compute dtype, f32 accumulation)."""
+  w = unembedding(config, params).astype(config.dtype)
+  return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+
+
+def forward(config: ModelConfig, params: Params, tokens: jax.Array, *, positions=None,
+            segment_ids=None) -> jax.Array:
+  """Logits [batch, length, vocab] in float32."""
+  hidden = forward_hidden(config, params, tokens, positions=positions, segment_ids=segment_ids)
+  return logits_from_hidden(config, params, hidden)
+
+
+# ----------------------------------------------------------------------------------------------
+# KV-cache forward for sampling.
+
+
+def init_cache(config: ModelConfig, batch: int, capacity: int, *, stacked: bool | None = None,
+               dtype=None) -> Any:
+  """Zeroed K/V cache mirroring the layer layout: a list of {'k','v'} or one stacked dict."""
+  stacked = config.scan_layers if stacked is None else stacked
+  dtype = config.dtype if dtype is None else dtype
+  shape = (batch, capacity, config.num_kv_heads, config.head_dim)
+  if stacked:
+    full = (config.num_layers,) + shape
+    return {"k": jnp.zeros(full, dtype), "v": jnp.zeros(full, dtype)}
+  return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+          for _ in range(config.num_layers)]
+
+
+def cache_capacity(cache: Any) -> int:
+  first = cache["k"] if isinstance(cache, dict) else cache[0]["k"]
+  return first.shape[-3]
+
+
+def forward_with_cache(config: ModelConfig, params: Params, tokens: jax.Array, cache: Any, *,
+                       write_index: jax.Array, cache_start: jax.Array) -> tuple[jax.Array, Any]:
+  """Runs a block of tokens against the cache; returns (hidden [B,T,D], updated cache).
+
+  The block's K/V go to slots [write_index, write_index + T) of every row. Row b's real tokens
+  start at slot `cache_start[b]` (left padding before it is never attended), so its position of
+  slot s is s - cache_start[b]. The block attends to every real slot up to its own.
+  """
+  _check_tokens(tokens)
+  b, t = tokens.shape
+  capacity = cache_capacity(cache)
+  write_index = jnp.asarray(write_index, jnp.int32)
+  slots = write_index + jnp.arange(t, dtype=jnp.int32)  # [T]
+  positions = jnp.maximum(slots[None, :] - cache_start[:, None], 0)
+  key_slots = jnp.arange(capacity, dtype=jnp.int32)
+  mask = (key_slots[None, None, :] >= cache_start[:, None, None]) & (
+      key_slots[None, None, :] <= slots[None, :, None])
+  cos, sin = rope_cos_sin(config, positions)
+  x = _embed(config, params, tokens)
+  x, cache = _run_layers(config, params, x, cos, sin, mask, cache=cache, write_index=write_index)
+  return rms_norm(x, params["final_norm"], config.rms_norm_eps), cache

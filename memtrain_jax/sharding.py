@@ -1,0 +1,188 @@
+"""Device mesh and logical-axis sharding rules.
+
+One mesh with axes ('data', 'fsdp', 'tensor'). Every array names its dimensions with logical axes
+('batch', 'embed', 'q_heads', ...); a rules table maps each logical axis to mesh axes. Two tables:
+- TRAIN_RULES: parameters sharded FSDP-style over 'fsdp' on the embed dimension and tensor-parallel
+  over 'tensor' on heads / MLP / vocab; the batch over ('data', 'fsdp').
+- ROLLOUT_RULES: parameters tensor-parallel only (replicated across data and fsdp), so decoding
+  needs no per-step all-gathers of weights; the batch over ('data', 'fsdp').
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+Rules = tuple[tuple[str, Any], ...]
+
+_COMMON = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+    ("cache_batch", ("data", "fsdp")),
+    ("cache_length", None),
+    ("cache_kv_heads", "tensor"),
+    ("cache_head_dim", None),
+)
+TRAIN_RULES: Rules = (("embed", "fsdp"),) + _COMMON
+ROLLOUT_RULES: Rules = (("embed", None),) + _COMMON
+
+RULE_SETS = {"train": TRAIN_RULES, "rollout": ROLLOUT_RULES}
+
+
+def resolve_rules(rules: Rules | str | None) -> Rules:
+  if rules is None:
+    return TRAIN_RULES
+  if isinstance(rules, str):
+    if rules not in RULE_SETS:
+      raise ValueError(f"unknown rule set {rules!r}; use one of {sorted(RULE_SETS)}")
+    return RULE_SETS[rules]
+  return tuple(rules)
+
+
+def mesh_shape_from_config(shape: Sequence[int], num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) with at most one -1, which fills the remaining devices."""
+  shape = tuple(int(s) for s in shape)
+  if len(shape) != 3:
+    raise ValueError(f"mesh shape must have 3 entries for {MESH_AXES}; got {shape}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
+  known = math.prod(s for s in shape if s != -1)
+  if known <= 0 or num_devices % known:
+    raise ValueError(f"mesh shape {shape} does not divide the {num_devices} available devices")
+  filled = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(filled) != num_devices:
+    raise ValueError(
+        f"mesh shape {shape} uses {math.prod(filled)} devices but {num_devices} are available; "
+        "use -1 for one axis to fill the rest")
+  return filled
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh with Auto axis types (GSPMD-style propagation)."""
+  devices = list(jax.devices() if devices is None else devices)
+  filled = mesh_shape_from_config(shape, len(devices))
+  auto = (jax.sharding.AxisType.Auto,) * 3
+  return jax.make_mesh(filled, MESH_AXES, axis_types=auto, devices=devices)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
+  """PartitionSpec for one array; errors when two of its dimensions land on one mesh axis."""
+  table = dict(rules)
+  out, used = [], {}
+  for name in logical_axes:
+    if name is None:
+      out.append(None)
+      continue
+    if name not in table:
+      raise ValueError(f"logical axis {name!r} has no sharding rule; known: {sorted(table)}")
+    mesh_axes = table[name]
+    for ax in (mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,)):
+      if ax is None:
+        continue
+      if ax in used:
+        raise ValueError(
+            f"logical axes {used[ax]!r} and {name!r} of {tuple(logical_axes)} both map to mesh "
+            f"axis {ax!r}; change the rules so each mesh axis shards one dimension")
+      used[ax] = name
+    out.append(mesh_axes)
+  return PartitionSpec(*out)
+
+
+def _axis_size(mesh: Mesh, mesh_axes) -> int:
+  if mesh_axes is None:
+    return 1
+  names = mesh_axes if isinstance(mesh_axes, tuple) else (mesh_axes,)
+  return math.prod(mesh.shape[n] for n in names)
+
+
+def check_divisible(name: str, shape: Sequence[int], spec: PartitionSpec, mesh: Mesh,
+                    logical_axes: Sequence[str] | None = None) -> None:
+  for dim, (size, mesh_axes) in enumerate(zip(shape, spec)):
+    n = _axis_size(mesh, mesh_axes)
+    if size % n:
+      what = f" ({logical_axes[dim]})" if logical_axes else ""
+      raise ValueError(
+          f"cannot shard {name}: dimension {dim}{what} of size {size} is not divisible by mesh "
+          f"axes {mesh_axes} of size {n} (mesh {dict(mesh.shape)}); pick a mesh whose "
+          f"'tensor' size divides the number of heads, or map that logical axis to None")
+
+
+def named_sharding(mesh: Mesh, logical_axes: Sequence[str | None], rules: Rules | str | None,
+                   shape: Sequence[int] | None = None, name: str = "array") -> NamedSharding:
+  spec = logical_to_spec(logical_axes, resolve_rules(rules))
+  if shape is not None:
+    check_divisible(name, shape, spec, mesh, logical_axes)
+  return NamedSharding(mesh, spec)
+
+
+def tree_shardings(mesh: Mesh, logical_tree: Any, shape_tree: Any, rules: Rules | str | None) -> Any:
+  """NamedShardings for a pytree given its logical axes (tuples as leaves) and its shapes."""
+  rules = resolve_rules(rules)
+  is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
+  flat_axes, treedef = jax.tree.flatten(logical_tree, is_leaf=is_axes)
+  flat_shapes = treedef.flatten_up_to(shape_tree)
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+      logical_tree, is_leaf=is_axes)[0]]
+  out = [named_sharding(mesh, ax, rules, tuple(s.shape), name=f"params{path}")
+         for ax, s, path in zip(flat_axes, flat_shapes, paths)]
+  return jax.tree.unflatten(treedef, out)
+
+
+def param_shardings(config, mesh: Mesh, rules: Rules | str | None = None,
+                    stacked: bool | None = None) -> Any:
+  from memtrain_jax.models.params import param_logical_axes, param_shapes
+  return tree_shardings(mesh, param_logical_axes(config, stacked), param_shapes(config, stacked),
+                        rules)
+
+
+def batch_sharding(mesh: Mesh, rules: Rules | str | None = None, ndim: int = 2) -> NamedSharding:
+  """Sharding for [batch, ...] arrays: the batch over ('data', 'fsdp'), the rest replicated."""
+  return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), resolve_rules(rules)))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def put_host_array(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """Places a host array on its sharding; each device receives only its own shard."""
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+  """Calls `jax.distributed.initialize` on multi-host jobs (TPU pods, multi-node GPU).
+
+  On TPU VMs and SLURM/Open MPI clusters JAX discovers the cluster itself; elsewhere pass the
+  coordinator address, the number of processes and this process's id (or set
+  MEMTRAIN_COORDINATOR / MEMTRAIN_NUM_PROCESSES / MEMTRAIN_PROCESS_ID). Returns True when
+  initialised; single-process runs return False and need nothing.
+  """
+  coordinator = coordinator or os.environ.get("MEMTRAIN_COORDINATOR")
+  if num_processes is None and os.environ.get("MEMTRAIN_NUM_PROCESSES"):
+    num_processes = int(os.environ["MEMTRAIN_NUM_PROCESSES"])
+  if process_id is None and os.environ.get("MEMTRAIN_PROCESS_ID"):
+    process_id = int(os.environ["MEMTRAIN_PROCESS_ID"])
+  auto_cluster = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
+  if coordinator is None and not auto_cluster:
+    return False
+  if coordinator is None:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                               process_id=process_id)
+  return True
