@@ -1,0 +1,128 @@
+"""Logit parity with `transformers` (torch, CPU, float32) on tiny random checkpoints."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memtrain_jax import models
+from tests.hf_fixtures import hf_logits, make_tiny_checkpoint
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3"])
+def tiny(request, tmp_path_factory):
+  path = make_tiny_checkpoint(request.param, str(tmp_path_factory.mktemp(request.param)))
+  return request.param, path
+
+
+def _tokens(vocab, batch, length, seed=0):
+  return np.random.default_rng(seed).integers(3, vocab, size=(batch, length)).astype(np.int32)
+
+
+def test_config_matches_hf(tiny):
+  kind, path = tiny
+  config, _ = models.load_pretrained(path)
+  hf = json.load(open(os.path.join(path, "config.json")))
+  assert config.family == kind
+  assert config.num_kv_heads == hf["num_key_value_heads"]
+  assert config.tie_embeddings == hf["tie_word_embeddings"]
+  assert config.qkv_bias == (kind == "qwen2")
+  assert config.qk_norm == (kind == "qwen3")
+
+
+def test_logits_match_transformers(tiny):
+  _, path = tiny
+  config, params = models.load_pretrained(path)
+  tokens = _tokens(config.vocab_size, 2, 37)
+  ours = np.asarray(models.forward(config, params, jnp.asarray(tokens)))
+  ref = hf_logits(path, tokens)
+  assert ours.shape == ref.shape
+  np.testing.assert_array_less(np.abs(ours - ref).max(), 1e-4)
+
+
+def test_padded_batch_matches_transformers(tiny):
+  """Right-padded rows of different lengths: real positions match the unpadded reference."""
+  _, path = tiny
+  config, params = models.load_pretrained(path)
+  tokens = _tokens(config.vocab_size, 3, 29, seed=1)
+  lengths = np.array([29, 17, 5])
+  mask = (np.arange(29)[None, :] < lengths[:, None]).astype(np.int32)
+  tokens = np.where(mask, tokens, 2)  # pad with the eos id: masks must not depend on token values
+  ours = np.asarray(models.forward(config, params, jnp.asarray(tokens), segment_ids=jnp.asarray(mask)))
+  ref = hf_logits(path, tokens, attention_mask=mask)
+  for row, n in enumerate(lengths):
+    np.testing.assert_array_less(np.abs(ours[row, :n] - ref[row, :n]).max(), 1e-4)
+
+
+def test_packed_rows_equal_separate_rows(tiny):
+  """Two sequences packed into one row with segment ids and restarting positions."""
+  _, path = tiny
+  config, params = models.load_pretrained(path)
+  a, b = _tokens(config.vocab_size, 1, 11, 2)[0], _tokens(config.vocab_size, 1, 7, 3)[0]
+  packed = np.concatenate([a, b, [0, 0]])[None]
+  seg = np.array([[1] * 11 + [2] * 7 + [0, 0]], np.int32)
+  pos = np.array([list(range(11)) + list(range(7)) + [0, 0]], np.int32)
+  out = np.asarray(models.forward(config, params, jnp.asarray(packed), positions=jnp.asarray(pos),
+                                  segment_ids=jnp.asarray(seg)))
+  ref_a = np.asarray(models.forward(config, params, jnp.asarray(a[None])))
+  ref_b = np.asarray(models.forward(config, params, jnp.asarray(b[None])))
+  np.testing.assert_allclose(out[0, :11], ref_a[0], atol=1e-5)
+  np.testing.assert_allclose(out[0, 11:18], ref_b[0], atol=1e-5)
+
+
+def test_scan_and_remat_equal_unrolled(tiny):
+  _, path = tiny
+  config, params = models.load_pretrained(path)
+  cfg_scan, params_scan = models.load_pretrained(path, scan_layers=True, remat=True)
+  assert isinstance(params_scan["layers"], dict)
+  tokens = jnp.asarray(_tokens(config.vocab_size, 2, 13, seed=4))
+  np.testing.assert_allclose(np.asarray(models.forward(cfg_scan, params_scan, tokens)),
+                             np.asarray(models.forward(config, params, tokens)), atol=1e-5)
+
+  def loss(p, cfg):
+    return jnp.mean(models.forward(cfg, p, tokens) ** 2)
+
+  g_scan = jax.grad(loss)(params_scan, cfg_scan)
+  g = models.stack_layers(jax.grad(loss)(params, config))
+  for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_kv_cache_forward_equals_full_forward(tiny):
+  """Prefill a left-padded batch into the cache, then decode one token at a time."""
+  _, path = tiny
+  config, params = models.load_pretrained(path)
+  tokens = _tokens(config.vocab_size, 2, 12, seed=5)
+  pad = np.array([0, 4])  # row 1 is left-padded by 4 slots
+  prompt = tokens[:, :8].copy()
+  prompt[1, :4] = 0
+  cache = models.init_cache(config, 2, 16)
+  hidden, cache = models.forward_with_cache(config, params, jnp.asarray(prompt), cache,
+                                            write_index=0, cache_start=jnp.asarray(pad))
+  steps = [models.logits_from_hidden(config, params, hidden[:, -1])]
+  for t in range(8, 12):
+    hidden, cache = models.forward_with_cache(config, params, jnp.asarray(tokens[:, t:t + 1]), cache,
+                                              write_index=t, cache_start=jnp.asarray(pad))
+    steps.append(models.logits_from_hidden(config, params, hidden[:, -1]))
+  for row in range(2):
+    seq = tokens[row, pad[row]:]
+    full = np.asarray(models.forward(config, params, jnp.asarray(seq[None])))[0]
+    for i, step_logits in enumerate(steps):
+      np.testing.assert_allclose(np.asarray(step_logits[row]), full[8 - pad[row] - 1 + i], atol=1e-4)
+
+
+def test_bfloat16_compute_is_close(tiny):
+  _, path = tiny
+  config, params = models.load_pretrained(path)
+  cfg16, params16 = models.load_pretrained(path, dtype="bfloat16")
+  assert jax.tree.leaves(params16)[0].dtype == jnp.bfloat16
+  tokens = jnp.asarray(_tokens(config.vocab_size, 1, 9, seed=6))
+  out16 = np.asarray(models.forward(cfg16, params16, tokens))
+  out32 = np.asarray(models.forward(config, params, tokens))
+  assert out16.dtype == np.float32  # logits are always float32
+  assert np.abs(out16 - out32).max() < 0.1 * np.abs(out32).max() + 0.05
