@@ -1,0 +1,43 @@
+"""The `memtrain` command: one entry point, a subcommand per job.
+
+  memtrain train --config configs/default.py --workdir runs/default [--config.rl.kl_coef=0 ...]
+  memtrain data build --config ... --out DIR
+  memtrain serve-retrieval --corpus corpus.jsonl --port 8000
+  memtrain chat [--model PATH] [--message TEXT]
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+_COMMANDS = {
+    "train": ("memtrain_jax.train", "main"),
+    "eval": ("memtrain_jax.evaluate", "main"),
+    "data": ("memtrain_jax.data.cli", "main"),
+    "serve-retrieval": ("memtrain_jax.retrieval.server", "main"),
+    "chat": ("memtrain_jax.chat", "main"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if not argv or argv[0] in ("-h", "--help") or argv[0] not in _COMMANDS:
+    print(__doc__.strip())
+    if argv and argv[0] not in ("-h", "--help"):
+      print(f"\nunknown command {argv[0]!r}; choose one of {', '.join(_COMMANDS)}")
+      return 2
+    return 0
+  module_name, fn = _COMMANDS[argv[0]]
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    if e.name == module_name:
+      print(f"`memtrain {argv[0]}` is not available in this version")
+      return 2
+    raise
+  return int(getattr(module, fn)(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
