@@ -1,0 +1,83 @@
+"""Resumable, epoch-shuffled reading of a built data set.
+
+A training checkpoint stores `stream.state()`; `restore(state)` continues at
+exactly the next document. The order of epoch e is a permutation drawn from
+(seed, e), so it does not depend on how many documents were read before.
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+
+from memtrain_jax.data.pipeline import SHARD_PATTERN
+
+
+class DocumentStream:
+  """Endless iterator over the documents in `data_dir`, epoch by epoch."""
+
+  def __init__(self, data_dir: str, seed: int = 0, shuffle: bool = True):
+    self.seed = seed
+    self.shuffle = shuffle
+    pattern = os.path.join(data_dir, SHARD_PATTERN.replace('{:05d}', '*'))
+    self._shards = sorted(glob.glob(pattern))
+    # (shard, byte offset) of every line: documents are read on demand.
+    self._locations: list[tuple[int, int]] = []
+    for shard_index, path in enumerate(self._shards):
+      with open(path, 'rb') as f:
+        offset = 0
+        for line in f:
+          if line.strip():
+            self._locations.append((shard_index, offset))
+          offset += len(line)
+    if not self._locations:
+      raise ValueError(f'no documents in {data_dir}')
+    self.epoch = 0
+    self.position = 0
+    self._order = self._epoch_order(0)
+
+  def __len__(self) -> int:
+    return len(self._locations)
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    if not self.shuffle:
+      return np.arange(len(self._locations))
+    return np.random.default_rng([self.seed, epoch]).permutation(
+        len(self._locations))
+
+  def _read(self, document_index: int) -> dict:
+    shard_index, offset = self._locations[document_index]
+    with open(self._shards[shard_index], 'rb') as f:
+      f.seek(offset)
+      return json.loads(f.readline().decode('utf-8'))
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self.position >= len(self._order):
+      self.epoch += 1
+      self.position = 0
+      self._order = self._epoch_order(self.epoch)
+    document = self._read(int(self._order[self.position]))
+    self.position += 1
+    return document
+
+  def state(self) -> dict:
+    """JSON-serialisable position to store in a training checkpoint."""
+    return {'epoch': self.epoch, 'position': self.position,
+            'seed': self.seed, 'shuffle': self.shuffle,
+            'num_documents': len(self._locations)}
+
+  def restore(self, state: dict) -> None:
+    """Continues from a `state()`; refuses one from a different data set."""
+    if state['num_documents'] != len(self._locations):
+      raise ValueError(
+          f'state is for {state["num_documents"]} documents, this data set '
+          f'has {len(self._locations)}')
+    self.seed = int(state['seed'])
+    self.shuffle = bool(state['shuffle'])
+    self.epoch = int(state['epoch'])
+    self.position = int(state['position'])
+    self._order = self._epoch_order(self.epoch)
