@@ -106,6 +106,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   return out.reshape(b, t, h, d)
 
 
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """`attention` against a heads-major cache: q [B,T,H,D]; k, v [B,K,S,D]; mask [B,T,S]."""
+  b, t, h, d = q.shape
+  kv_heads = k.shape[1]
+  q = q.reshape(b, t, kv_heads, h // kv_heads, d)
+  scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores * (1.0 / np.sqrt(d))
+  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+  return out.reshape(b, t, h, d)
+
+
 def _mlp(config: ModelConfig, lp: Params, x: jax.Array) -> jax.Array:
   dtype = config.dtype
   gate = x @ lp["w_gate"].astype(dtype)
@@ -118,15 +131,17 @@ def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, wr
   h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
   q, k, v = _project_qkv(config, lp, h, cos, sin)
   new_cache = None
-  if kv_cache is not None:
+  if kv_cache is None:
+    attn = attention(q, k, v, mask)
+  else:
+    # The cache is heads-major [B, K, S, D]: attention reads it as is, without a per-step
+    # transpose of the whole cache (which XLA:CPU otherwise inserts for [B, S, K, D]).
     zero = jnp.zeros((), jnp.int32)
-    k_all = jax.lax.dynamic_update_slice(kv_cache["k"], k.astype(kv_cache["k"].dtype),
-                                         (zero, write_index, zero, zero))
-    v_all = jax.lax.dynamic_update_slice(kv_cache["v"], v.astype(kv_cache["v"].dtype),
-                                         (zero, write_index, zero, zero))
+    write = lambda cache, x: jax.lax.dynamic_update_slice(
+        cache, jnp.swapaxes(x, 1, 2).astype(cache.dtype), (zero, zero, write_index, zero))
+    k_all, v_all = write(kv_cache["k"], k), write(kv_cache["v"], v)
     new_cache = {"k": k_all, "v": v_all}
-    k, v = k_all.astype(q.dtype), v_all.astype(q.dtype)
-  attn = attention(q, k, v, mask)
+    attn = cached_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask)
   x = x + jnp.einsum("bthk,hkd->btd", attn, lp["wo"].astype(config.dtype))
   h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
   x = x + _mlp(config, lp, h)
@@ -215,10 +230,14 @@ def forward(config: ModelConfig, params: Params, tokens: jax.Array, *, positions
 
 def init_cache(config: ModelConfig, batch: int, capacity: int, *, stacked: bool | None = None,
                dtype=None) -> Any:
-  """Zeroed K/V cache mirroring the layer layout: a list of {'k','v'} or one stacked dict."""
+  """Zeroed K/V cache mirroring the layer layout: a list of {'k','v'} or one stacked dict.
+
+  Each K and V is heads-major, [batch, kv_heads, capacity, head_dim] (with a leading layers axis
+  when stacked).
+  """
   stacked = config.scan_layers if stacked is None else stacked
   dtype = config.dtype if dtype is None else dtype
-  shape = (batch, capacity, config.num_kv_heads, config.head_dim)
+  shape = (batch, config.num_kv_heads, capacity, config.head_dim)
   if stacked:
     full = (config.num_layers,) + shape
     return {"k": jnp.zeros(full, dtype), "v": jnp.zeros(full, dtype)}
@@ -228,7 +247,7 @@ def init_cache(config: ModelConfig, batch: int, capacity: int, *, stacked: bool 
 
 def cache_capacity(cache: Any) -> int:
   first = cache["k"] if isinstance(cache, dict) else cache[0]["k"]
-  return first.shape[-3]
+  return first.shape[-2]
 
 
 def forward_with_cache(config: ModelConfig, params: Params, tokens: jax.Array, cache: Any, *,

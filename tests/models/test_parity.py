@@ -84,11 +84,11 @@ def test_scan_and_remat_equal_unrolled(tiny):
   np.testing.assert_allclose(np.asarray(models.forward(cfg_scan, params_scan, tokens)),
                              np.asarray(models.forward(config, params, tokens)), atol=1e-5)
 
-  def loss(p, cfg):
-    return jnp.mean(models.forward(cfg, p, tokens) ** 2)
+  def grad(cfg):
+    return jax.jit(jax.grad(lambda p: jnp.mean(models.forward(cfg, p, tokens) ** 2)))
 
-  g_scan = jax.grad(loss)(params_scan, cfg_scan)
-  g = models.stack_layers(jax.grad(loss)(params, config))
+  g_scan = grad(cfg_scan)(params_scan)
+  g = models.stack_layers(grad(config)(params))
   for a, b in zip(jax.tree.leaves(g_scan), jax.tree.leaves(g)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
@@ -102,13 +102,18 @@ def test_kv_cache_forward_equals_full_forward(tiny):
   prompt = tokens[:, :8].copy()
   prompt[1, :4] = 0
   cache = models.init_cache(config, 2, 16)
-  hidden, cache = models.forward_with_cache(config, params, jnp.asarray(prompt), cache,
-                                            write_index=0, cache_start=jnp.asarray(pad))
-  steps = [models.logits_from_hidden(config, params, hidden[:, -1])]
+
+  @jax.jit
+  def run(params, block, cache, write_index):
+    hidden, cache = models.forward_with_cache(config, params, block, cache, write_index=write_index,
+                                              cache_start=jnp.asarray(pad))
+    return models.logits_from_hidden(config, params, hidden[:, -1]), cache
+
+  logits, cache = run(params, jnp.asarray(prompt), cache, 0)
+  steps = [logits]
   for t in range(8, 12):
-    hidden, cache = models.forward_with_cache(config, params, jnp.asarray(tokens[:, t:t + 1]), cache,
-                                              write_index=t, cache_start=jnp.asarray(pad))
-    steps.append(models.logits_from_hidden(config, params, hidden[:, -1]))
+    logits, cache = run(params, jnp.asarray(tokens[:, t:t + 1]), cache, t)
+    steps.append(logits)
   for row in range(2):
     seq = tokens[row, pad[row]:]
     full = np.asarray(models.forward(config, params, jnp.asarray(seq[None])))[0]

@@ -1,0 +1,196 @@
+"""The rollout sampler: batched generation with a KV cache for RL rollouts and evaluation.
+
+    sampler = Sampler(model_config, tokenizer, SamplerConfig(max_new_tokens=256), mesh=mesh)
+    batch = sampler.generate(params, prompts, num_samples=8, temperature=1.0, seed=step)
+
+- Prefill and decode are two jitted programs; the decode program donates the KV cache and runs a
+  `lax.while_loop` that ends when every row is done. Weights are arguments, never constants.
+- Shapes: prompts are left-padded to a prompt bucket, batches to a batch bucket; the cache holds
+  bucket + `max_new_tokens` slots. Each (batch bucket, prompt bucket) pair compiles once;
+  `num_compiles()` reports how many programs this sampler has built.
+- Temperature, top-p, top-k, the per-call token budget and the seed are traced values.
+- Completions end on the model's eos ids, `stop_token_ids` or `stop_strings`; the stop token is
+  part of the completion. Lengths, not `token == pad_id`, say where a completion ends.
+- Log-probs: `logprobs` under the unmodified policy (temperature 1, no truncation), which is
+  pi_old for the trainer, and `sampling_logprobs` under the distribution actually sampled from
+  (0 for greedy).
+- Prefix sharing: the rows that continue one prompt (its `num_samples` samples, or identical
+  prompts) prefill it once and copy its cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from memtrain_jax import models
+from memtrain_jax import sharding as shd
+from memtrain_jax.models.config import ModelConfig
+from memtrain_jax.sampling import batching, programs
+from memtrain_jax.sampling.logits import SamplingParams
+from memtrain_jax.sampling.stops import build_stop_spec, cut_at_stop_string
+
+_CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  prompt_buckets: tuple[int, ...] = (128, 256, 512, 1024, 2048)
+  batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # pad the batch too, so few shapes
+  max_new_tokens: int = 256  # cache capacity = prompt bucket + max_new_tokens
+  stop_token_ids: tuple[int, ...] = ()  # added to the model's eos ids
+  stop_strings: tuple[str, ...] = ()
+  share_prefix: bool = True  # one prefill per distinct prompt (off only to measure it)
+
+
+@dataclasses.dataclass
+class SampleBatch:
+  """Completions in prompt-major order: prompt i's samples are rows i*n .. i*n + n - 1."""
+  tokens: list[np.ndarray]  # int32 [length] each, the stop token included
+  logprobs: list[np.ndarray]  # float32 [length]: log pi(token), temperature 1, no truncation
+  sampling_logprobs: list[np.ndarray]  # float32 [length]: log q(token), q the sampled distribution
+  lengths: np.ndarray  # int32 [rows]
+  stopped: np.ndarray  # bool [rows]: ended on a stop token (False = hit max_new_tokens)
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+
+class Sampler:
+  """Generates completions for lists of token-id prompts; see the module docstring."""
+
+  def __init__(self, model_config: ModelConfig, tokenizer, config: SamplerConfig = SamplerConfig(),
+               *, mesh: jax.sharding.Mesh | None = None):
+    if config.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1; got {config.max_new_tokens}")
+    self.model_config = model_config
+    self.tokenizer = tokenizer
+    self.config = config
+    self.mesh = mesh
+    self.pad_id = self._pad_id(tokenizer, model_config)
+    self.stop = build_stop_spec(model_config.eos_token_ids, config.stop_token_ids,
+                                config.stop_strings, tokenizer)
+    self.batch_multiple = 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
+    self.rows_per_batch = batching.max_rows(config.batch_buckets, self.batch_multiple)
+    self.programs_built: list[tuple] = []  # (program, shapes) per trace, i.e. per compile
+    cache_sharding = None
+    if mesh is not None:
+      spec = shd.logical_to_spec(_CACHE_AXES, shd.ROLLOUT_RULES)
+      cache_sharding = lambda x: jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(*((None,) * (x.ndim - 4) + tuple(spec))))
+      self._param_shardings = shd.param_shardings(model_config, mesh, "rollout")
+    self._cache_sharding = cache_sharding
+    self._prefill = jax.jit(self._traced_prefill, static_argnames=("capacity",))
+    self._decode = jax.jit(self._traced_decode, donate_argnames=("cache",))
+
+  @staticmethod
+  def _pad_id(tokenizer, model_config) -> int:
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+      return int(tokenizer.pad_token_id)
+    if model_config.eos_token_ids:
+      return int(model_config.eos_token_ids[0])
+    return 0
+
+  # The traced bodies run once per compile, so recording there counts programs exactly.
+
+  def _traced_prefill(self, params, tokens, cache_start, row_source, *, capacity):
+    self.programs_built.append(("prefill", tuple(tokens.shape), tuple(row_source.shape), capacity))
+    return programs.prefill(self.model_config, params, tokens, cache_start, row_source,
+                            capacity=capacity, cache_sharding=self._cache_sharding)
+
+  def _traced_decode(self, params, cache, logits, cache_start, active, limit, sampling, seed,
+                     stream, stop):
+    capacity = models.cache_capacity(cache)
+    self.programs_built.append(("decode", tuple(logits.shape[:1]), capacity))
+    return programs.decode(self.model_config, params, cache, logits, cache_start, active, limit,
+                           sampling, seed, stream, stop, max_new_tokens=self.config.max_new_tokens)
+
+  def num_compiles(self) -> int:
+    """Programs this sampler has compiled (or fetched from the persistent cache) so far."""
+    return len(self.programs_built)
+
+  def _put_batch(self, array: np.ndarray):
+    if self.mesh is None:
+      return array
+    return jax.device_put(array, shd.batch_sharding(self.mesh, "rollout", array.ndim))
+
+  def generate(self, params: Any, prompts: Sequence[np.ndarray], *, num_samples: int = 1,
+               max_new_tokens: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
+               top_k: int = 0, seed: int = 0) -> SampleBatch:
+    """Samples `num_samples` completions per prompt (prompt-major order).
+
+    Args:
+      params: model weights (under the rollout sharding when the sampler has a mesh).
+      prompts: int token-id arrays, unpadded, of any lengths up to the largest prompt bucket.
+      num_samples: completions per prompt.
+      max_new_tokens: this call's budget, at most `SamplerConfig.max_new_tokens` (the default).
+      temperature: 0 is greedy.
+      top_p, top_k: nucleus and top-k truncation (1.0 and 0 turn them off).
+      seed: the random seed; the same seed and inputs give the same completions.
+    """
+    prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
+    if num_samples < 1:
+      raise ValueError(f"num_samples must be >= 1; got {num_samples}")
+    for i, p in enumerate(prompts):
+      if len(p) == 0:
+        raise ValueError(f"prompt {i} is empty")
+      if len(p) > max(self.config.prompt_buckets):
+        raise ValueError(
+            f"prompt {i} has {len(p)} tokens, more than the largest prompt bucket "
+            f"{max(self.config.prompt_buckets)}; add a bucket to SamplerConfig.prompt_buckets")
+    limit = self.config.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+    if not 1 <= limit <= self.config.max_new_tokens:
+      raise ValueError(f"max_new_tokens must be in [1, {self.config.max_new_tokens}] (the cache "
+                       f"is sized by SamplerConfig.max_new_tokens); got {limit}")
+    sampling = SamplingParams.create(temperature, top_p, top_k)
+    if self.mesh is not None:
+      params = jax.device_put(params, self._param_shardings)  # no copy when already placed
+
+    keys = None if not self.config.share_prefix else [p.tobytes() for p in prompts]
+    plan = batching.plan_microbatches([len(p) for p in prompts], keys, num_samples,
+                                      self.config.prompt_buckets, self.rows_per_batch)
+    num_rows = len(prompts) * num_samples
+    tokens: list[np.ndarray | None] = [None] * num_rows
+    logprobs: list[np.ndarray | None] = [None] * num_rows
+    sampling_logprobs: list[np.ndarray | None] = [None] * num_rows
+    stopped = np.zeros((num_rows,), bool)
+    for stream, micro in enumerate(plan):
+      out = self._run_microbatch(params, prompts, micro, limit, sampling, seed, stream)
+      for i, r in enumerate(micro.out_rows):
+        n = int(out.lengths[i])
+        toks = out.tokens[i, :n]
+        row_stopped = bool(out.stopped[i])
+        if not row_stopped:
+          cut = cut_at_stop_string(toks, self.config.stop_strings, self.tokenizer)
+          if cut is not None:
+            n, row_stopped = cut, True
+        tokens[r] = out.tokens[i, :n].copy()
+        logprobs[r] = out.logprobs[i, :n].copy()
+        sampling_logprobs[r] = out.sampling_logprobs[i, :n].copy()
+        stopped[r] = row_stopped
+    lengths = np.asarray([len(t) for t in tokens], np.int32)
+    return SampleBatch(tokens, logprobs, sampling_logprobs, lengths, stopped)
+
+  def _run_microbatch(self, params, prompts, micro: batching.MicroBatch, limit: int,
+                      sampling: SamplingParams, seed: int, stream: int):
+    num_unique = batching.pick_bucket(len(micro.unique_prompts), self.config.batch_buckets,
+                                      self.batch_multiple)
+    num_rows = batching.pick_bucket(len(micro.out_rows), self.config.batch_buckets,
+                                    self.batch_multiple)
+    tokens, cache_start = batching.left_pad([prompts[i] for i in micro.unique_prompts],
+                                            micro.prompt_bucket, num_unique, self.pad_id)
+    row_source = np.zeros((num_rows,), np.int32)
+    row_source[:len(micro.row_source)] = micro.row_source
+    active = np.arange(num_rows) < len(micro.out_rows)
+    capacity = micro.prompt_bucket + self.config.max_new_tokens
+    cache, logits, row_start = self._prefill(
+        params, self._put_batch(tokens), self._put_batch(cache_start),
+        self._put_batch(row_source), capacity=capacity)
+    out = self._decode(params, cache, logits, row_start, self._put_batch(active), np.int32(limit),
+                       sampling, np.int32(seed), np.int32(stream), self.stop)
+    out = jax.device_get(out._replace(cache=None))
+    return out

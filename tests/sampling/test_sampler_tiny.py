@@ -1,0 +1,188 @@
+"""The sampler on a tiny random decoder: log-probs, greedy, stops, knobs, compiles, sharing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memtrain_jax import models
+from memtrain_jax.sampling import CompileCounter, Sampler, SamplerConfig, truncate_logits
+from tests.rollout_fixtures import IdTokenizer, random_prompts, tiny_config, tiny_params
+
+CONFIG = tiny_config()
+SAMPLER_CONFIG = SamplerConfig(prompt_buckets=(16, 32), batch_buckets=(1, 2, 4, 8),
+                               max_new_tokens=10)
+LENGTHS = [5, 9, 14, 3]
+
+
+@pytest.fixture(scope="module")
+def params():
+  return tiny_params(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def sampler():
+  return Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
+
+
+def _policy_logprobs(params, prompt, completion):
+  full = jnp.asarray(np.concatenate([prompt, completion])[None])
+  logp = np.asarray(jax.nn.log_softmax(models.forward(CONFIG, params, full), axis=-1))[0]
+  rows = logp[len(prompt) - 1:len(prompt) - 1 + len(completion)]
+  return rows, rows[np.arange(len(completion)), completion]
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [(0.0, 1.0, 0), (1.3, 0.9, 20)])
+def test_logprobs_equal_a_fresh_forward(params, sampler, temperature, top_p, top_k):
+  prompts = random_prompts(CONFIG.vocab_size, LENGTHS)
+  out = sampler.generate(params, prompts, num_samples=2, temperature=temperature, top_p=top_p,
+                         top_k=top_k, seed=1)
+  assert len(out) == 8 and out.lengths.min() >= 1
+  for r in range(8):
+    rows, ref = _policy_logprobs(params, prompts[r // 2], out.tokens[r])
+    np.testing.assert_array_less(np.abs(ref - out.logprobs[r]), 1e-4)
+    if temperature == 0.0:
+      np.testing.assert_array_equal(rows.argmax(-1), out.tokens[r])  # greedy = argmax of policy
+      np.testing.assert_array_equal(out.sampling_logprobs[r], 0.0)
+    else:
+      # The sampling distribution: temperature, then top-k, then top-p, renormalised.
+      scaled = truncate_logits(jnp.asarray(rows / temperature * 1.0), top_p, top_k)
+      q = np.asarray(jax.nn.log_softmax(scaled, axis=-1))
+      want = q[np.arange(len(out.tokens[r])), out.tokens[r]]
+      np.testing.assert_allclose(out.sampling_logprobs[r], want, atol=1e-4)
+      assert np.isfinite(out.sampling_logprobs[r]).all()
+
+
+def test_changing_knobs_recompiles_nothing(params, sampler):
+  prompts = random_prompts(CONFIG.vocab_size, LENGTHS)
+  sampler.generate(params, prompts, temperature=1.0)
+  before = sampler.num_compiles()
+  with CompileCounter() as counter:
+    greedy = sampler.generate(params, prompts, temperature=0.0)
+    sampler.generate(params, prompts, temperature=0.7, top_p=0.8, seed=5)
+    sampler.generate(params, prompts, temperature=1.5, top_k=3, max_new_tokens=4, seed=9)
+    top1 = sampler.generate(params, prompts, temperature=0.9, top_k=1, seed=2)
+  assert counter.count == 0, counter.names
+  assert sampler.num_compiles() == before
+  for a, b in zip(greedy.tokens, top1.tokens):
+    np.testing.assert_array_equal(a, b)  # top-k = 1 is greedy
+
+
+def test_second_identical_call_compiles_nothing(params):
+  sampler = Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
+  prompts = random_prompts(CONFIG.vocab_size, [4, 20, 7])  # two prompt buckets
+  with CompileCounter() as first:
+    a = sampler.generate(params, prompts, num_samples=2, seed=3)
+  # 2 buckets x (prefill + decode); nothing else compiled (host work stays in numpy).
+  assert sampler.num_compiles() == 4 and first.count >= 4
+  with CompileCounter() as second:
+    b = sampler.generate(params, prompts, num_samples=2, seed=3)
+  assert second.count == 0, second.names
+  assert sampler.num_compiles() == 4
+  for x, y in zip(a.tokens, b.tokens):
+    np.testing.assert_array_equal(x, y)  # same seed, same samples
+
+
+def test_stop_token_belongs_to_the_completion(params, sampler):
+  prompts = random_prompts(CONFIG.vocab_size, LENGTHS, seed=4)
+  free = sampler.generate(params, prompts, temperature=0.0)
+  row = int(np.argmax(free.lengths))
+  stop_at = 3
+  stop_id = int(free.tokens[row][stop_at])
+  first = int(np.flatnonzero(free.tokens[row] == stop_id)[0])
+  stopping = Sampler(CONFIG, IdTokenizer(), SamplerConfig(
+      prompt_buckets=(16, 32), batch_buckets=(1, 2, 4, 8), max_new_tokens=10,
+      stop_token_ids=(stop_id,)))
+  out = stopping.generate(params, prompts, temperature=0.0)
+  assert out.stopped[row] and out.lengths[row] == first + 1
+  np.testing.assert_array_equal(out.tokens[row], free.tokens[row][:first + 1])
+  assert out.logprobs[row].shape == (first + 1,)
+  np.testing.assert_array_equal(out.logprobs[row], free.logprobs[row][:first + 1])
+
+
+def test_stop_string_cuts_after_its_last_token(params, sampler):
+  prompts = random_prompts(CONFIG.vocab_size, LENGTHS, seed=5)
+  free = sampler.generate(params, prompts, temperature=0.0)
+  row = int(np.argmax(free.lengths))
+  a, b = free.tokens[row][2:4]
+  stopping = Sampler(CONFIG, IdTokenizer(), SamplerConfig(
+      prompt_buckets=(16, 32), batch_buckets=(1, 2, 4, 8), max_new_tokens=10,
+      stop_strings=(f"{a} {b}",)))
+  out = stopping.generate(params, prompts, temperature=0.0)
+  toks = out.tokens[row]
+  assert out.stopped[row] and len(toks) <= 4
+  np.testing.assert_array_equal(toks[-2:], [a, b])
+  np.testing.assert_array_equal(toks, free.tokens[row][:len(toks)])
+
+
+def test_pad_equal_to_eos_is_trained_and_never_masks(params):
+  # Make eos (= pad = 2) the greedy choice everywhere: the completion is exactly [eos].
+  boosted = dict(params, lm_head=params["lm_head"].at[:, 2].add(50.0))
+  sampler = Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
+  prompts = [np.asarray([2, 2, 7, 9, 2, 11], np.int32), np.asarray([5, 6], np.int32)]
+  out = sampler.generate(boosted, prompts, temperature=0.0)
+  for r in range(2):
+    np.testing.assert_array_equal(out.tokens[r], [2])
+    assert out.stopped[r] and out.lengths[r] == 1
+    _, ref = _policy_logprobs(boosted, prompts[r], out.tokens[r])
+    np.testing.assert_allclose(out.logprobs[r], ref, atol=1e-4)
+  # The pad id inside a prompt is a real token: the first prompt's logits see the leading 2s.
+  free = sampler.generate(params, prompts, temperature=0.0, max_new_tokens=6)
+  _, ref = _policy_logprobs(params, prompts[0], free.tokens[0])
+  np.testing.assert_allclose(free.logprobs[0], ref, atol=1e-4)
+
+
+def test_prefix_sharing_prefills_once_and_changes_nothing(params):
+  prompts = random_prompts(CONFIG.vocab_size, [6, 11])
+  shared = Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
+  separate = Sampler(CONFIG, IdTokenizer(), SamplerConfig(
+      prompt_buckets=(16, 32), batch_buckets=(1, 2, 4, 8), max_new_tokens=10, share_prefix=False))
+  a = shared.generate(params, prompts, num_samples=4, temperature=1.0, seed=7)
+  b = separate.generate(params, prompts, num_samples=4, temperature=1.0, seed=7)
+  for x, y in zip(a.tokens, b.tokens):
+    np.testing.assert_array_equal(x, y)
+  prefill_a = [p for p in shared.programs_built if p[0] == "prefill"][0]
+  prefill_b = [p for p in separate.programs_built if p[0] == "prefill"][0]
+  assert prefill_a[1] == (2, 16) and prefill_b[1] == (8, 16)  # unique prompts vs every row
+  assert len(set(map(bytes, a.tokens[:4]))) > 1  # the shared samples still differ
+
+
+def test_more_rows_than_the_largest_batch_bucket(params, sampler):
+  prompts = random_prompts(CONFIG.vocab_size, [4, 7, 9, 12, 5], seed=8)
+  together = sampler.generate(params, prompts, num_samples=3, temperature=0.0)  # 15 rows > 8
+  assert len(together) == 15
+  for i, p in enumerate(prompts):
+    alone = sampler.generate(params, [p], temperature=0.0)
+    for s in range(3):
+      np.testing.assert_array_equal(together.tokens[3 * i + s], alone.tokens[0])
+
+
+def test_truncate_logits_matches_a_numpy_reference():
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((5, 40)).astype(np.float32) * 3
+  for top_p, top_k in [(1.0, 0), (0.7, 0), (1.0, 5), (0.5, 8), (0.01, 0), (1.0, 1)]:
+    got = np.asarray(truncate_logits(jnp.asarray(logits), np.float32(top_p), np.int32(top_k)))
+    for row, g in zip(logits, got):
+      order = np.argsort(-row, kind="stable")
+      keep = np.zeros(40, bool)
+      k = top_k if top_k > 0 else 40
+      kept = order[:k]
+      p = np.exp(row[kept] - row[kept].max())
+      p /= p.sum()
+      before = np.cumsum(p) - p
+      keep[kept[before < top_p]] = True
+      keep[order[0]] = True
+      np.testing.assert_array_equal(np.isfinite(g), keep, err_msg=f"{top_p} {top_k}")
+      np.testing.assert_array_equal(g[keep], row[keep])
+
+
+def test_bad_arguments_are_refused(params, sampler):
+  prompts = random_prompts(CONFIG.vocab_size, [4])
+  with pytest.raises(ValueError, match="largest prompt bucket"):
+    sampler.generate(params, random_prompts(CONFIG.vocab_size, [33]))
+  with pytest.raises(ValueError, match="max_new_tokens"):
+    sampler.generate(params, prompts, max_new_tokens=11)
+  with pytest.raises(ValueError, match="top_p"):
+    sampler.generate(params, prompts, top_p=0.0)
+  with pytest.raises(ValueError, match="temperature"):
+    sampler.generate(params, prompts, temperature=-1.0)
