@@ -28,7 +28,6 @@ import numpy as np
 
 from memtrain_jax.agent import prompts as prompt_lib
 from memtrain_jax.agent.rows import InteractionRows, RowKind
-from memtrain_jax.data.masking import mask_recall_target
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,70 +195,74 @@ def run_memory_agent(sampler, params, documents: Sequence[AgentDocument], *, num
                       num_documents=num_docs, num_rollouts=group)
 
 
-def _candidate_text(candidate) -> str:
-  return candidate["text"] if isinstance(candidate, dict) else str(candidate)
+@dataclasses.dataclass
+class ProbeRollout:
+  """G2 sampled answers for each probe (see `objectives.Probe`), as recall rows."""
+  rows: InteractionRows
+  answers: list[list[str]]  # per probe: the G2 completions' texts
+  sample_ids: list[list[int]]  # per probe: the sample ids of its G2 rows
 
 
-def choose_recall_probe(document: AgentDocument, rng: np.random.Generator
-                        ) -> tuple[int, int, str, str] | None:
-  """(k, l, entity, masked chunk l) for one trajectory, or None when nothing can be probed.
+def run_probes(sampler, params, probes: Sequence, *, num_samples: int, first_sample_id: int,
+               first_group_id: int, config: AgentConfig = AgentConfig(), temperature: float = 1.0,
+               top_p: float = 1.0, top_k: int = 0, seed: int = 0) -> ProbeRollout:
+  """Samples `num_samples` answers for every probe in one generate call (one prefill per probe).
 
-  k is drawn uniformly from the memory-update steps 1..T-1 that have an earlier chunk with a
-  candidate, l uniformly from those chunks l < k, the entity uniformly from chunk l's candidates.
+  Probe p's samples form group `first_group_id + p` and get sample ids
+  `first_sample_id + p * num_samples + s`; their trajectory id is the probed trajectory's.
   """
-  candidates = document.recall_candidates
-  if candidates is None or len(document.chunks) < 2:
-    return None
-  usable = [l for l in range(len(document.chunks) - 1) if candidates[l]]
-  steps = [k for k in range(1, len(document.chunks)) if any(l < k for l in usable)]
-  if not steps:
-    return None
-  k = int(rng.choice(steps))
-  l = int(rng.choice([l for l in usable if l < k]))
-  for c in rng.permutation(len(candidates[l])):
-    entity = _candidate_text(candidates[l][c])
-    try:
-      return k, l, entity, mask_recall_target(document.chunks[l], entity)
-    except ValueError:  # a candidate that no longer occurs: try the next one
-      continue
-  return None
+  _check_budgets(sampler, config)
+  rows = _RowBuilder(sampler.tokenizer)
+  answers: list[list[str]] = [[] for _ in probes]
+  sample_ids: list[list[int]] = [[] for _ in probes]
+  if probes:
+    ids = [prompt_lib.chat_prompt_tokens(sampler.tokenizer, probe.prompt, config.system_prompt)
+           for probe in probes]
+    batch = sampler.generate(params, ids, num_samples=num_samples,
+                             max_new_tokens=config.recall_max_tokens, temperature=temperature,
+                             top_p=top_p, top_k=top_k, seed=_step_seed(seed, 2))
+    for p, probe in enumerate(probes):
+      for s in range(num_samples):
+        r = p * num_samples + s
+        sample_ids[p].append(first_sample_id + r)
+        answers[p].append(rows.add(
+            ids[p], probe.prompt, batch, r, sample_id=first_sample_id + r,
+            group_id=first_group_id + p, trajectory_id=probe.trajectory, step=probe.step,
+            kind=RowKind.RECALL))
+  return ProbeRollout(rows=rows.build(), answers=answers, sample_ids=sample_ids)
 
 
 def run_memory_recall(sampler, params, documents: Sequence[AgentDocument], rollout: AgentRollout,
                       *, num_samples: int, config: AgentConfig = AgentConfig(),
                       temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                       seed: int = 0) -> RecallRollout:
-  """One IMR probe per trajectory of `rollout`, G2 = `num_samples` answers each (seeded)."""
-  _check_budgets(sampler, config)
-  tok = sampler.tokenizer
+  """One intermediate-memory-recall probe per trajectory of `rollout`, G2 = `num_samples` answers.
+
+  The probes come from the `memory_recall` objective (seeded per trajectory); documents with one
+  chunk, or without recall candidates before the probed step, get none.
+  """
+  from memtrain_jax import objectives  # the objectives build on this module's prompts
+
+  recall = objectives.make("memory_recall", {"template": config.recall_template})
   num_traj = rollout.num_trajectories
   targets: list[str | None] = [None] * num_traj
   step = np.full((num_traj,), -1, np.int32)
   chunk_index = np.full((num_traj,), -1, np.int32)
-  probes, texts = [], []
+  probes = []
   for j in range(num_traj):
     doc = documents[rollout.document_index[j]]
-    probe = choose_recall_probe(doc, np.random.default_rng([seed, j]))
-    if probe is None:
-      continue
-    k, l, entity, masked = probe
-    step[j], chunk_index[j], targets[j] = k, l, entity
-    probes.append(j)
-    texts.append(prompt_lib.render(config.recall_template, memory=rollout.memories[j][k],
-                                   chunk=masked))
+    trajectory = objectives.Trajectory(
+        document={"chunks": doc.chunks, "recall_candidates": doc.recall_candidates},
+        memories=tuple(rollout.memories[j]), final_answer=rollout.final_answers[j])
+    probe = recall.build_probe(j, trajectory, np.random.default_rng([seed, j]))
+    if probe is not None:
+      probes.append(probe)
+      step[j], chunk_index[j], targets[j] = probe.step, probe.info["chunk"], probe.answers[0]
+  out = run_probes(sampler, params, probes, num_samples=num_samples, first_sample_id=num_traj,
+                   first_group_id=rollout.num_documents, config=config, temperature=temperature,
+                   top_p=top_p, top_k=top_k, seed=seed)
   answers: list[list[str]] = [[] for _ in range(num_traj)]
-  rows = _RowBuilder(tok)
-  if probes:
-    ids = [prompt_lib.chat_prompt_tokens(tok, x, config.system_prompt) for x in texts]
-    batch = sampler.generate(params, ids, num_samples=num_samples,
-                             max_new_tokens=config.recall_max_tokens, temperature=temperature,
-                             top_p=top_p, top_k=top_k, seed=_step_seed(seed, 2))
-    for p, j in enumerate(probes):
-      for s in range(num_samples):
-        r = p * num_samples + s
-        answers[j].append(rows.add(
-            ids[p], texts[p], batch, r, sample_id=num_traj + r,
-            group_id=rollout.num_documents + p, trajectory_id=j, step=int(step[j]),
-            kind=RowKind.RECALL))
-  return RecallRollout(rows=rows.build(), targets=targets, answers=answers, step=step,
+  for probe, texts in zip(probes, out.answers):
+    answers[probe.trajectory] = texts
+  return RecallRollout(rows=out.rows, targets=targets, answers=answers, step=step,
                        chunk_index=chunk_index)

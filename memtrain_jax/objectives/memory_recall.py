@@ -14,26 +14,26 @@ from __future__ import annotations
 import numpy as np
 
 from memtrain_jax import rewards
+from memtrain_jax.agent import prompts as prompt_lib
 from memtrain_jax.data.masking import mask_recall_target
 from memtrain_jax.objectives.base import Probe, ProbeObjective, Trajectory
 from memtrain_jax.objectives.registry import register
 
-# The paper's recall prompt (Appendix A), in this project's words, each tag on its own line.
-DEFAULT_TEMPLATE = (
-    "You are given a memory written while reading earlier sections of an article, and one of "
-    "those sections in which an entity has been replaced by the placeholder [TARGET]. Using the "
-    "memory, work out which entity [TARGET] stands for and put the answer in \\boxed{{}}.\n"
-    "<memory>\n{memory}\n</memory>\n"
-    "<section>\n{section}\n</section>\n"
-    "Your answer:")
+
+def _candidate_text(candidate) -> str:
+  return candidate["text"] if isinstance(candidate, dict) else str(candidate)
 
 
 @register("memory_recall")
 class MemoryRecall(ProbeObjective):
-  """Reward: strict exact match of the last \\boxed{} against the masked entity."""
+  """Reward: strict exact match of the last \\boxed{} against the masked entity.
+
+  Config options (all optional): `template`, a recall prompt with {memory} and {chunk} slots
+  (default `agent.prompts.RECALL_TEMPLATE`); `include_final_memory` (default True).
+  """
 
   def _option(self, name, default):
-    if self.config is not None and name in self.config:
+    if self.config is not None and name in self.config and self.config[name] not in (None, ""):
       return self.config[name]
     return default
 
@@ -41,7 +41,7 @@ class MemoryRecall(ProbeObjective):
     document = trajectory.document
     chunks = document["chunks"]
     candidates = document.get("recall_candidates") or [[] for _ in chunks]
-    num_steps = len(trajectory.memories)
+    num_steps = min(len(trajectory.memories), len(chunks))
     last = num_steps - 1 if self._option("include_final_memory", True) else num_steps - 2
     # Steps k whose earlier chunks offer at least one candidate.
     has_candidates = np.array([len(c) > 0 for c in candidates[:num_steps]], bool)
@@ -50,12 +50,18 @@ class MemoryRecall(ProbeObjective):
       return None
     k = int(rng.choice(steps))
     chunk = int(rng.choice(np.flatnonzero(has_candidates[:k])))
-    target = candidates[chunk][int(rng.integers(len(candidates[chunk])))]
-    section = mask_recall_target(chunks[chunk], target["text"])
-    template = self._option("template", "") or DEFAULT_TEMPLATE
-    prompt = template.format(memory=trajectory.memories[k], section=section)
-    return Probe(trajectory=index, prompt=prompt, answers=(target["text"],), step=k,
-                 info={"chunk": chunk, "target": target["text"], "label": target.get("label", "")})
+    for c in rng.permutation(len(candidates[chunk])):
+      target = candidates[chunk][c]
+      try:
+        section = mask_recall_target(chunks[chunk], _candidate_text(target))
+      except ValueError:  # a candidate that no longer occurs in the chunk: try the next one
+        continue
+      prompt = prompt_lib.render(self._option("template", prompt_lib.RECALL_TEMPLATE),
+                                 memory=trajectory.memories[k], chunk=section)
+      label = target.get("label", "") if isinstance(target, dict) else ""
+      return Probe(trajectory=index, prompt=prompt, answers=(_candidate_text(target),), step=k,
+                   info={"chunk": chunk, "target": _candidate_text(target), "label": label})
+    return None
 
   def score(self, probe: Probe, completion: str) -> float:
     return float(rewards.training_exact_match(completion, probe.answers))

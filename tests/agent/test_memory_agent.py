@@ -5,8 +5,9 @@ import pytest
 
 from memtrain_jax import models
 from memtrain_jax.agent import prompts as prompt_lib
-from memtrain_jax.agent.memory_agent import (AgentConfig, AgentDocument, choose_recall_probe,
-                                             run_memory_agent, run_memory_recall)
+from memtrain_jax import objectives
+from memtrain_jax.agent.memory_agent import (AgentConfig, AgentDocument, run_memory_agent,
+                                             run_memory_recall)
 from memtrain_jax.agent.rows import RowKind
 from memtrain_jax.sampling import Sampler, SamplerConfig
 from tests.rollout_fixtures import tiny_config, tiny_params
@@ -122,19 +123,27 @@ def test_recall_rows_probe_an_earlier_chunk(setup):
       assert len(rows.completion_tokens[r]) <= AGENT.recall_max_tokens
 
 
+def _probe(chunks, candidates, seed):
+  trajectory = objectives.Trajectory(document={"chunks": chunks, "recall_candidates": candidates},
+                                     memories=tuple(f"m{i}" for i in range(len(chunks))),
+                                     final_answer="")
+  return objectives.make("memory_recall").build_probe(0, trajectory, np.random.default_rng(seed))
+
+
 def test_probe_choice_covers_only_valid_pairs():
-  doc = AgentDocument("d", "q", [f"c{i} Paris" for i in range(4)], ["x"],
-                      recall_candidates=[[], ["Paris"], [], []])
+  chunks = [f"c{i} Paris" for i in range(4)]
   seen = set()
   for seed in range(40):
-    k, l, entity, masked = choose_recall_probe(doc, np.random.default_rng(seed))
-    assert l == 1 and k in (2, 3) and entity == "Paris" and masked == "c1 [TARGET]"
-    seen.add(k)
+    probe = _probe(chunks, [[], ["Paris"], [], []], seed)
+    assert probe.info["chunk"] == 1 and probe.step in (2, 3) and probe.answers == ("Paris",)
+    assert "<section>\nc1 [TARGET]\n</section>" in probe.prompt
+    seen.add(probe.step)
   assert seen == {2, 3}
-  assert choose_recall_probe(AgentDocument("d", "q", ["a Paris"], ["x"], [["Paris"]]),
-                             np.random.default_rng(0)) is None
-  assert choose_recall_probe(AgentDocument("d", "q", ["a", "b"], ["x"], None),
-                             np.random.default_rng(0)) is None
+  assert _probe(["a Paris"], [["Paris"]], 0) is None
+  assert _probe(["a", "b"], None, 0) is None
+  # A candidate that does not occur in its chunk is skipped for one that does.
+  probe = _probe(["x Lyon", "y"], [["Rome", "Lyon"], []], 0)
+  assert probe.answers == ("Lyon",)
 
 
 def test_templates_render_in_one_pass():
