@@ -1,0 +1,313 @@
+"""The config schema: every section with its defaults, loading from a file, and overrides.
+
+Experiment files under `configs/` (big_vision style) start from `base_config()` and change fields;
+`load_config(path, overrides)` imports one, locks it (a misspelt key fails instead of silently
+adding a field) and applies command-line overrides such as `--config.rl.kl_coef=0`.
+
+Defaults are CPU-sized where the paper has no say; paper values are noted next to each field.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from memtrain_jax.data.config import default_data_config
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def base_config() -> ConfigDict:
+  """Every section with its default (unlocked; experiment files change it, `load_config` locks)."""
+  cfg = ConfigDict()
+
+  cfg.model = ConfigDict()
+  # A local Hugging Face directory, a .gguf file, or 'bundled:smollm2-135m-instruct'.
+  cfg.model.path = "bundled:smollm2-135m-instruct"
+  cfg.model.param_dtype = "float32"  # paper: bf16 (veRL keeps f32 master weights under FSDP)
+  cfg.model.compute_dtype = "float32"
+  cfg.model.scan_layers = False  # lax.scan over stacked layers: faster compiles for deep models
+  cfg.model.remat = False  # rematerialise each layer in the backward pass
+
+  cfg.mesh = ConfigDict()
+  # (data, fsdp, tensor); one -1 fills the remaining devices.
+  cfg.mesh.shape = (1, -1, 1)
+
+  cfg.data = default_data_config()
+
+  # Token budgets of the memory agent (paper §4.1, MemAgent). The chunk size and the number of
+  # chunks live in data.chunking (one source of truth for the data and the agent).
+  cfg.agent = ConfigDict()
+  cfg.agent.prompt_max_tokens = 1024  # instruction + problem (paper: 1024)
+  cfg.agent.memory_max_tokens = 1024  # paper: 1024
+  cfg.agent.answer_max_tokens = 1024  # final answer (paper: 1024)
+  cfg.agent.recall_max_tokens = 1024  # recall answer (paper: not given; MemAgent response 1024)
+  cfg.agent.initial_memory = "No previous memory"  # MemAgent
+
+  cfg.sampling = ConfigDict()
+  cfg.sampling.temperature = 1.0  # MemAgent rollouts
+  cfg.sampling.top_p = 1.0
+  cfg.sampling.top_k = 0  # 0 = off
+  # Prompt lengths and batch sizes are padded up to these, so a step compiles few programs.
+  cfg.sampling.prompt_buckets = (256, 512, 1024, 2048, 4096, 8192)
+  cfg.sampling.batch_buckets = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+  cfg.objectives = ConfigDict()
+  cfg.objectives.end_to_end = ConfigDict()
+  cfg.objectives.end_to_end.enabled = True
+  cfg.objectives.end_to_end.name = "masked_reconstruction"
+  cfg.objectives.end_to_end.num_rollouts = 8  # G1 (paper: 8)
+  cfg.objectives.end_to_end.module = ""  # a module to import that registers `name` (plug-ins)
+  cfg.objectives.end_to_end.problem = ""  # '' = the objective's default question
+  cfg.objectives.recall = ConfigDict()
+  cfg.objectives.recall.enabled = True  # False: the "End-to-End" ablation
+  cfg.objectives.recall.name = "memory_recall"
+  cfg.objectives.recall.num_samples = 8  # G2 (paper: 8)
+  cfg.objectives.recall.lam = 0.5  # lambda of Eq. 2 (paper: 0.5; 0 = the "Decoupled" ablation)
+  cfg.objectives.recall.module = ""  # a module to import that registers `name` (plug-ins)
+  cfg.objectives.recall.template = ""  # '' = agent.prompts.RECALL_TEMPLATE
+  cfg.objectives.recall.include_final_memory = True  # may k be the last memory (paper: open)
+
+  cfg.rl = ConfigDict()
+  # rl.loss.LossConfig fields.
+  cfg.rl.aggregation = "interaction_mean"  # the paper's Eq. 4
+  cfg.rl.clip_eps_low = 0.2  # paper: not given
+  cfg.rl.clip_eps_high = 0.28  # paper: not given (DAPO 0.28; MemAgent's script 0.20)
+  cfg.rl.kl_coef = 1e-3  # paper: 1e-3; 0 skips the reference model entirely
+  cfg.rl.kl_estimator = "k3"  # MemAgent's low_var_kl
+  cfg.rl.max_log_ratio = 20.0
+  cfg.rl.norm_length = 0  # 'sequence_sum_norm' only; 0 = agent.answer_max_tokens
+  cfg.rl.advantage = ConfigDict()
+  cfg.rl.advantage.scale_by_std = False  # Dr. GRPO (paper Eq. 3)
+  cfg.rl.advantage.drop_degenerate_e2e = True  # DAPO all-0 / all-1 filtering
+  cfg.rl.advantage.drop_degenerate_recall = True  # paper: not given
+  # One rollout batch is split into num_mini_batches optimizer updates, repeated ppo_epochs times.
+  cfg.rl.ppo_epochs = 1
+  cfg.rl.num_mini_batches = 1
+  cfg.rl.packing = ConfigDict()
+  cfg.rl.packing.seq_len = 8192  # >= prompt + chunk + memory + completion of the longest row
+  cfg.rl.packing.micro_batch_size = 1  # lines per micro-batch; a multiple of data * fsdp
+  cfg.rl.packing.num_micro_batches_multiple = 4  # fewer distinct shapes, fewer compiles
+  cfg.rl.packing.logprob_chunk_size = 512  # positions per chunk of the output projection
+
+  cfg.optim = ConfigDict()
+  cfg.optim.lr = 1e-6  # paper
+  cfg.optim.warmup_steps = 20  # MemAgent
+  cfg.optim.schedule = "constant"  # or 'cosine'
+  cfg.optim.decay_steps = 0  # cosine: total training steps; 0 = train.num_steps
+  cfg.optim.min_lr_ratio = 0.0  # cosine floor as a fraction of lr
+  cfg.optim.weight_decay = 0.01  # veRL's AdamW default; not applied to norms and biases
+  cfg.optim.grad_clip = 1.0  # veRL default
+  cfg.optim.b1 = 0.9
+  cfg.optim.b2 = 0.999
+  cfg.optim.eps = 1e-8
+
+  cfg.train = ConfigDict()
+  cfg.train.num_steps = 300  # paper
+  cfg.train.batch_documents = 32  # paper
+  cfg.train.seed = 0
+  cfg.train.data_dir = ""  # a built data set (`memtrain data build`); '' = build into <workdir>/data
+  cfg.train.log_every = 1
+  cfg.train.dump_rollouts_every = 10  # 0 = never
+  cfg.train.dump_rollouts_count = 2  # rollouts per dump
+
+  cfg.checkpoint = ConfigDict()
+  cfg.checkpoint.every = 50  # steps; 0 = only at the end and on SIGTERM
+  cfg.checkpoint.keep = 3
+  cfg.checkpoint.async_save = True
+
+  cfg.export = ConfigDict()
+  cfg.export.hf_dir = ""  # '' = <workdir>/hf at the end of training
+  return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and overrides.
+
+
+def _import_get_config(path: str):
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  name = "memtrain_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"config file {path} has no get_config() function")
+  return module.get_config
+
+
+def config_from_file(path: str, arg: str | None = None) -> ConfigDict:
+  """`get_config()` (or `get_config(arg)`) of a config file, unlocked: for configs built on others.
+
+  Example, in configs/paper/ablation_decoupled.py:
+    base = os.path.join(os.path.dirname(__file__), "memtrain_qwen3_4b.py")
+    cfg = config_lib.config_from_file(base)
+  """
+  get_config = _import_get_config(path)
+  cfg = get_config(arg) if arg is not None else get_config()
+  if not isinstance(cfg, ConfigDict):
+    raise TypeError(f"{path}: get_config() returned {type(cfg).__name__}, expected a ConfigDict")
+  return cfg
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ConfigDict:
+  """Imports `get_config()` from a config file, locks the result and applies overrides.
+
+  Args:
+    path: a Python file with `get_config()`, optionally followed by ':arg' (passed as
+      `get_config(arg)`, big_vision style).
+    overrides: items like '--config.rl.kl_coef=0', 'config.rl.kl_coef=0' or 'rl.kl_coef=0'.
+
+  Returns:
+    The locked ConfigDict (new fields cannot be added; existing ones can still be set).
+  """
+  arg = None
+  if ":" in os.path.basename(path):
+    path, arg = path.rsplit(":", 1)
+  cfg = config_from_file(path, arg)
+  cfg.lock()
+  apply_overrides(cfg, overrides)
+  return cfg
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+  """Parses `text` into the type of the field's current value."""
+  if isinstance(current, bool):
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise ValueError(f"config field {key!r} is a bool; got {text!r} (use true/false)")
+  if isinstance(current, str):
+    return text
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text
+    raise ValueError(f"config field {key!r} holds {type(current).__name__}; cannot parse {text!r}")
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if isinstance(current, tuple) and isinstance(value, list):
+    return tuple(value)
+  if isinstance(current, int) and isinstance(value, float) and value.is_integer():
+    return int(value)
+  if current is not None and not isinstance(value, type(current)):
+    raise ValueError(f"config field {key!r} holds {type(current).__name__} ({current!r}); "
+                     f"{text!r} parses as {type(value).__name__}")
+  return value
+
+
+def _unknown_key(key: str, node: ConfigDict, prefix: str) -> ValueError:
+  options = sorted(node.keys())
+  close = difflib.get_close_matches(key.split(".")[-1], options, n=1)
+  hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
+  return ValueError(f"unknown config field {prefix + key.split('.')[-1]!r}{hint} "
+                    f"(fields here: {', '.join(options)})")
+
+
+def set_field(cfg: ConfigDict, dotted_key: str, text: str) -> None:
+  """Sets `cfg.<dotted_key>` from a command-line string, checking the key and the type."""
+  parts = dotted_key.split(".")
+  node, prefix = cfg, ""
+  for part in parts[:-1]:
+    if part not in node or not isinstance(node[part], ConfigDict):
+      raise _unknown_key(part, node, prefix)
+    node, prefix = node[part], prefix + part + "."
+  leaf = parts[-1]
+  if leaf not in node:
+    raise _unknown_key(leaf, node, prefix)
+  if isinstance(node[leaf], ConfigDict):
+    raise ValueError(f"config field {dotted_key!r} is a section; set one of its fields: "
+                     f"{', '.join(sorted(node[leaf].keys()))}")
+  node[leaf] = _parse_value(text, node[leaf], dotted_key)
+
+
+def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
+  """Applies 'key=value' overrides (with or without a '--config.' / 'config.' prefix) in place."""
+  for item in overrides:
+    if "=" not in item:
+      raise ValueError(f"override {item!r} is not of the form --config.section.field=value")
+    key, text = item.split("=", 1)
+    key = key.lstrip("-")
+    if key.startswith("config."):
+      key = key[len("config."):]
+    set_field(cfg, key, text)
+  return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Views: the typed settings objects of the modules, built from a config.
+
+
+def loss_config(cfg: ConfigDict):
+  """rl.loss.LossConfig from the `rl` section."""
+  from memtrain_jax.rl.loss import LossConfig
+  norm_length = cfg.rl.norm_length or cfg.agent.answer_max_tokens
+  return LossConfig(aggregation=cfg.rl.aggregation, clip_eps_low=cfg.rl.clip_eps_low,
+                    clip_eps_high=cfg.rl.clip_eps_high, kl_coef=cfg.rl.kl_coef,
+                    kl_estimator=cfg.rl.kl_estimator, max_log_ratio=cfg.rl.max_log_ratio,
+                    norm_length=norm_length)
+
+
+def advantage_config(cfg: ConfigDict):
+  """rl.advantages.AdvantageConfig; lambda comes from objectives.recall.lam."""
+  from memtrain_jax.rl.advantages import AdvantageConfig
+  adv = cfg.rl.advantage
+  return AdvantageConfig(lam=cfg.objectives.recall.lam, scale_by_std=adv.scale_by_std,
+                         drop_degenerate_e2e=adv.drop_degenerate_e2e,
+                         drop_degenerate_recall=adv.drop_degenerate_recall)
+
+
+def packing_config(cfg: ConfigDict, pad_id: int = 0):
+  """rl.packing.PackingConfig from rl.packing."""
+  from memtrain_jax.rl.packing import PackingConfig
+  p = cfg.rl.packing
+  return PackingConfig(seq_len=p.seq_len, micro_batch_size=p.micro_batch_size,
+                       num_micro_batches_multiple=p.num_micro_batches_multiple, pad_id=pad_id)
+
+
+def updates_per_step(cfg: ConfigDict) -> int:
+  """Optimizer updates per training step (for `rl.train_step.make_optimizer`)."""
+  return cfg.rl.ppo_epochs * cfg.rl.num_mini_batches
+
+
+def optim_section(cfg: ConfigDict) -> ConfigDict:
+  """The `optim` section with decay_steps resolved (0 -> train.num_steps)."""
+  optim = ConfigDict(cfg.optim.to_dict())
+  if not optim.decay_steps:
+    optim.decay_steps = cfg.train.num_steps
+  return optim
+
+
+def validate(cfg: ConfigDict) -> None:
+  """Raises ValueError for combinations that cannot run."""
+  loss_config(cfg)  # checks aggregation / estimator names
+  if cfg.optim.schedule not in ("constant", "cosine"):
+    raise ValueError(f"optim.schedule={cfg.optim.schedule!r}; use 'constant' or 'cosine'")
+  if not (cfg.objectives.end_to_end.enabled or cfg.objectives.recall.enabled):
+    raise ValueError("both objectives are disabled; enable objectives.end_to_end or .recall")
+  if cfg.objectives.recall.enabled and not cfg.objectives.end_to_end.enabled:
+    raise ValueError("objectives.recall probes end-to-end trajectories; enable end_to_end too")
+  if cfg.objectives.end_to_end.num_rollouts < 1 or cfg.objectives.recall.num_samples < 1:
+    raise ValueError("objectives.*.num_rollouts / num_samples must be >= 1")
+  if cfg.rl.ppo_epochs < 1 or cfg.rl.num_mini_batches < 1:
+    raise ValueError("rl.ppo_epochs and rl.num_mini_batches must be >= 1")
+  agent = cfg.agent
+  longest = (agent.prompt_max_tokens + cfg.data.chunking.chunk_size + agent.memory_max_tokens +
+             max(agent.memory_max_tokens, agent.answer_max_tokens, agent.recall_max_tokens))
+  if cfg.rl.packing.seq_len < longest - 1:
+    raise ValueError(
+        f"rl.packing.seq_len={cfg.rl.packing.seq_len} is shorter than the longest row "
+        f"({longest - 1} slots = prompt {agent.prompt_max_tokens} + chunk "
+        f"{cfg.data.chunking.chunk_size} + memory {agent.memory_max_tokens} + completion - 1)")
+  from memtrain_jax.data.config import validate_data_config
+  validate_data_config(cfg.data)
