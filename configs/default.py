@@ -33,6 +33,8 @@ def get_config():
   cfg.agent.memory_max_tokens = 64
   cfg.agent.answer_max_tokens = 32
   cfg.agent.recall_max_tokens = 32
+  # SmolLM2-135M rarely writes \boxed{} on its own; prefilling it lets its answers be scored.
+  cfg.agent.answer_prefix = "\\boxed{"
 
   cfg.objectives.end_to_end.num_rollouts = 2  # G1
   cfg.objectives.recall.num_samples = 2  # G2
@@ -41,6 +43,12 @@ def get_config():
   cfg.rl.packing.micro_batch_size = 1
   cfg.rl.packing.num_micro_batches_multiple = 2
   cfg.rl.packing.logprob_chunk_size = 128
+
+  # A 135M model almost never reconstructs the entity, so nearly every group has equal rewards;
+  # with the paper's DAPO filtering on, no row would be trained and the update path would never
+  # run on CPU. Off here, so the smoke run exercises the whole step.
+  cfg.rl.advantage.drop_degenerate_e2e = False
+  cfg.rl.advantage.drop_degenerate_recall = False
 
   cfg.optim.warmup_steps = 1  # a 3-step smoke run has no room for the paper's 20-step warm-up
 

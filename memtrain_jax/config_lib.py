@@ -49,6 +49,9 @@ def base_config() -> ConfigDict:
   cfg.agent.answer_max_tokens = 1024  # final answer (paper: 1024)
   cfg.agent.recall_max_tokens = 1024  # recall answer (paper: not given; MemAgent response 1024)
   cfg.agent.initial_memory = "No previous memory"  # MemAgent
+  # Prefilled start of the final-answer and recall replies, e.g. "\\boxed{" for small models
+  # that do not follow the format otherwise; '' = none (the paper).
+  cfg.agent.answer_prefix = ""
 
   cfg.sampling = ConfigDict()
   cfg.sampling.temperature = 1.0  # MemAgent rollouts
@@ -169,8 +172,9 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ConfigDict:
     The locked ConfigDict (new fields cannot be added; existing ones can still be set).
   """
   arg = None
-  if ":" in os.path.basename(path):
-    path, arg = path.rsplit(":", 1)
+  if ".py:" in path:  # FILE.py:arg (the arg may itself be a path)
+    path, arg = path.split(".py:", 1)
+    path += ".py"
   cfg = config_from_file(path, arg)
   cfg.lock()
   apply_overrides(cfg, overrides)

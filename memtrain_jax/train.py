@@ -84,7 +84,7 @@ def agent_config(cfg, problem: str) -> memory_agent.AgentConfig:
   return memory_agent.AgentConfig(
       memory_max_tokens=cfg.agent.memory_max_tokens, answer_max_tokens=cfg.agent.answer_max_tokens,
       recall_max_tokens=cfg.agent.recall_max_tokens, initial_memory=cfg.agent.initial_memory,
-      mask_problem=problem)
+      mask_problem=problem, answer_prefix=cfg.agent.answer_prefix)
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
   if bad:
     parser.error(f"unrecognised arguments {bad}; config overrides look like --config.rl.kl_coef=0")
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                      datefmt="%H:%M:%S")
+                      datefmt="%H:%M:%S", force=True)
   try:
     cfg = config_lib.load_config(args.config, overrides)
     config_lib.validate(cfg)

@@ -42,6 +42,9 @@ class AgentConfig:
   mask_problem: str = ("Based on the entire article, which entity is represented by the [MASK] "
                        "placeholder?")
   system_prompt: str | None = None  # None: the chat template's own default
+  # Prefilled start of the final-answer and recall replies (e.g. "\\boxed{"); '' = none (paper).
+  # The answer text that is scored is prefix + completion.
+  answer_prefix: str = ""
 
 
 @dataclasses.dataclass
@@ -106,8 +109,10 @@ class _RowBuilder:
                                    "prompt_text", "completion_text")}
 
   def add(self, prompt_tokens, prompt_text, batch, index, *, sample_id, group_id, trajectory_id,
-          step, kind) -> str:
-    text = self.tokenizer.decode(batch.tokens[index].tolist(), skip_special_tokens=True).strip()
+          step, kind, response_prefix: str = "") -> str:
+    text = response_prefix + self.tokenizer.decode(batch.tokens[index].tolist(),
+                                                    skip_special_tokens=True)
+    text = text.strip()
     values = dict(prompt_tokens=prompt_tokens, completion_tokens=batch.tokens[index],
                   completion_logprobs=batch.logprobs[index], sample_id=sample_id,
                   group_id=group_id, trajectory_id=trajectory_id, step=step, kind=int(kind),
@@ -153,12 +158,13 @@ def run_memory_agent(sampler, params, documents: Sequence[AgentDocument], *, num
   truncated = [[] for _ in range(num_traj)]
   rows = _RowBuilder(tok)
 
-  def encode(text):
-    return prompt_lib.chat_prompt_tokens(tok, text, config.system_prompt)
+  def encode(text, prefix=""):
+    return prompt_lib.chat_prompt_tokens(tok, text, config.system_prompt, prefix)
 
-  def add_row(prompt_ids, prompt_text, batch, index, traj, step, kind):
+  def add_row(prompt_ids, prompt_text, batch, index, traj, step, kind, prefix=""):
     return rows.add(prompt_ids, prompt_text, batch, index, sample_id=traj,
-                    group_id=int(doc_of[traj]), trajectory_id=traj, step=step, kind=kind)
+                    group_id=int(doc_of[traj]), trajectory_id=traj, step=step, kind=kind,
+                    response_prefix=prefix)
 
   for t in range(max(len(d.chunks) for d in documents)):
     active = [j for j in range(num_traj) if len(documents[doc_of[j]].chunks) > t]
@@ -185,11 +191,11 @@ def run_memory_agent(sampler, params, documents: Sequence[AgentDocument], *, num
 
   texts = [prompt_lib.render(config.answer_template, problem=documents[doc_of[j]].problem,
                              memory=memory[j]) for j in range(num_traj)]
-  ids = [encode(x) for x in texts]
+  ids = [encode(x, config.answer_prefix) for x in texts]
   batch = sampler.generate(params, ids, max_new_tokens=config.answer_max_tokens,
                            seed=_step_seed(seed, 1), **sampling)
   answers = [add_row(ids[j], texts[j], batch, j, j, len(documents[doc_of[j]].chunks),
-                     RowKind.FINAL_ANSWER) for j in range(num_traj)]
+                     RowKind.FINAL_ANSWER, config.answer_prefix) for j in range(num_traj)]
   return AgentRollout(rows=rows.build(), document_index=doc_of, memories=memories,
                       memory_truncated=truncated, final_answers=answers,
                       num_documents=num_docs, num_rollouts=group)
@@ -216,8 +222,8 @@ def run_probes(sampler, params, probes: Sequence, *, num_samples: int, first_sam
   answers: list[list[str]] = [[] for _ in probes]
   sample_ids: list[list[int]] = [[] for _ in probes]
   if probes:
-    ids = [prompt_lib.chat_prompt_tokens(sampler.tokenizer, probe.prompt, config.system_prompt)
-           for probe in probes]
+    ids = [prompt_lib.chat_prompt_tokens(sampler.tokenizer, probe.prompt, config.system_prompt,
+                                         config.answer_prefix) for probe in probes]
     batch = sampler.generate(params, ids, num_samples=num_samples,
                              max_new_tokens=config.recall_max_tokens, temperature=temperature,
                              top_p=top_p, top_k=top_k, seed=_step_seed(seed, 2))
@@ -228,7 +234,7 @@ def run_probes(sampler, params, probes: Sequence, *, num_samples: int, first_sam
         answers[p].append(rows.add(
             ids[p], probe.prompt, batch, r, sample_id=first_sample_id + r,
             group_id=first_group_id + p, trajectory_id=probe.trajectory, step=probe.step,
-            kind=RowKind.RECALL))
+            kind=RowKind.RECALL, response_prefix=config.answer_prefix))
   return ProbeRollout(rows=rows.build(), answers=answers, sample_ids=sample_ids)
 
 

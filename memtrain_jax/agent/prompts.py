@@ -70,12 +70,20 @@ def render(template: str, **values: str) -> str:
   return _SLOT.sub(lambda m: values[m.group(1)], template)
 
 
-def chat_prompt_tokens(tokenizer, text: str, system_prompt: str | None = None) -> np.ndarray:
-  """int32 token ids of one user turn in the tokenizer's chat template, ready for the reply."""
+def chat_prompt_tokens(tokenizer, text: str, system_prompt: str | None = None,
+                       response_prefix: str = "") -> np.ndarray:
+  """int32 token ids of one user turn in the tokenizer's chat template, ready for the reply.
+
+  `response_prefix` is written at the start of the assistant's reply (prefilled, part of the
+  prompt): e.g. "\\boxed{" makes a small model answer in the format the reward reads.
+  """
   messages = [{"role": "user", "content": text}]
   if system_prompt is not None:
     messages.insert(0, {"role": "system", "content": system_prompt})
   ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
   if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
     ids = ids["input_ids"]
+  ids = list(ids)
+  if response_prefix:
+    ids += tokenizer.encode(response_prefix, add_special_tokens=False)
   return np.asarray(ids, np.int32)
