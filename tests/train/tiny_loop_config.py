@@ -25,6 +25,8 @@ def get_config(model_dir: str):
   cfg.agent.answer_max_tokens = 6
   cfg.agent.recall_max_tokens = 6
   cfg.rl.packing.seq_len = 384
+  cfg.rl.kl_coef = 1e-3  # the paper's KL term, with its reference log-prob pass
+  cfg.train.batch_documents = 2
   cfg.optim.lr = 1e-3  # large enough that a tiny model's weights visibly move
   cfg.train.num_steps = 3
   cfg.checkpoint.every = 1
