@@ -13,7 +13,6 @@ import sys
 
 _COMMANDS = {
     "train": ("memtrain_jax.train", "main"),
-    "eval": ("memtrain_jax.evaluate", "main"),
     "data": ("memtrain_jax.data.cli", "main"),
     "serve-retrieval": ("memtrain_jax.retrieval.server", "main"),
     "chat": ("memtrain_jax.chat", "main"),
@@ -29,13 +28,7 @@ def main(argv: list[str] | None = None) -> int:
       return 2
     return 0
   module_name, fn = _COMMANDS[argv[0]]
-  try:
-    module = importlib.import_module(module_name)
-  except ModuleNotFoundError as e:
-    if e.name == module_name:
-      print(f"`memtrain {argv[0]}` is not available in this version")
-      return 2
-    raise
+  module = importlib.import_module(module_name)
   return int(getattr(module, fn)(argv[1:]) or 0)
 
 

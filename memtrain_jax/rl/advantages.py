@@ -68,7 +68,8 @@ class AdvantageStats:
       metrics[f"advantages/{kind}_groups"] = float(self.num_groups[kind])
       metrics[f"advantages/{kind}_dropped_groups"] = float(self.num_dropped_groups[kind])
       metrics[f"advantages/{kind}_dropped_rows"] = float(self.num_dropped_rows[kind])
-      metrics[f"rewards/{kind}_mean"] = self.mean_reward[kind]
+      if self.num_groups[kind]:  # a kind without samples has no mean (not a NaN on the curves)
+        metrics[f"rewards/{kind}_mean"] = self.mean_reward[kind]
     metrics["advantages/kept_rows"] = float(self.row_keep.sum())
     return metrics
 

@@ -129,6 +129,7 @@ def test_fill_advantages_drop_switches_and_ablations():
   stats = adv_lib.fill_advantages(e2e_only, {0: 1, 1: 0}, adv_lib.AdvantageConfig())
   np.testing.assert_allclose(e2e_only.advantage, [0.5, 0.5, -0.5, -0.5])
   assert stats.num_groups["recall"] == 0 and np.isnan(stats.mean_reward["recall"])
+  assert "rewards/recall_mean" not in stats.as_metrics()  # no NaN written to the curves
 
 
 def test_fill_advantages_rejects_inconsistent_ids():
