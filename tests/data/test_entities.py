@@ -50,7 +50,12 @@ def test_unique_entities_ignores_case_and_spacing():
 def test_make_extractor_backends():
   assert ent.make_extractor('rules').name == 'rules'
   assert ent.make_extractor('auto', ['no_such_model_xyz']).name == 'rules'
-  with pytest.raises(OSError):
+  try:
+    import spacy  # pylint: disable=g-import-not-at-top,unused-import
+    missing, match = OSError, 'no spaCy English model'
+  except ImportError:
+    missing, match = ImportError, r'pip install .memtrain_jax\[ner\]'
+  with pytest.raises(missing, match=match):
     ent.make_extractor('spacy', ['no_such_model_xyz'])
   with pytest.raises(ValueError):
     ent.make_extractor('nope')
