@@ -2,9 +2,9 @@
 
 Command:
   memtrain train --config configs/default.py --workdir /tmp/memtrain_default
-  (any field can be overridden, e.g. --config.train.num_steps=2 --config.rl.kl_coef=0)
+  (any field can be overridden, e.g. --config.train.num_steps=2 --config.rl.kl_coef=0.001)
 
-Hardware: a laptop or CI runner; 2 CPU cores and ~4 GB of memory are enough (f32, no accelerator).
+Hardware: a laptop or CI runner; 2 CPU cores and 8 GB of memory are enough (f32, no accelerator).
 
 Expected result: 3 training steps in about 5 minutes on 2 CPU cores (measured 4 min 39 s, peak RSS
 7 GB; the README shows the console output and experiments/results/default_run_curves.png the
