@@ -131,3 +131,21 @@ def test_bfloat16_compute_is_close(tiny):
   out32 = np.asarray(models.forward(config, params, tokens))
   assert out16.dtype == np.float32  # logits are always float32
   assert np.abs(out16 - out32).max() < 0.1 * np.abs(out32).max() + 0.05
+
+
+def test_causal_block_attention_equals_full_attention():
+  """Skipping the key blocks above the diagonal changes nothing (packed segments included)."""
+  from memtrain_jax.models import decoder
+  rng = np.random.default_rng(7)
+  b, t, h, kv, d = 2, 300, 4, 2, 8
+  q = jnp.asarray(rng.standard_normal((b, t, h, d)), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((b, t, kv, d)), jnp.float32)
+  v = jnp.asarray(rng.standard_normal((b, t, kv, d)), jnp.float32)
+  seg = np.ones((b, t), np.int32)
+  seg[1, 170:] = 2  # two packed rows in the second line
+  seg[1, 290:] = 0  # and padding
+  idx = np.arange(t)
+  mask = jnp.asarray((seg[:, :, None] == seg[:, None, :]) & (idx[:, None] >= idx[None, :]))
+  full = decoder.attention(q, k, v, mask)
+  blocked = decoder.causal_attention(q, k, v, mask, block=64)
+  np.testing.assert_allclose(np.asarray(blocked), np.asarray(full), atol=1e-5)
