@@ -14,6 +14,7 @@ Only the standard library's `http.server`, so serving needs no web framework.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import threading
@@ -150,6 +151,22 @@ def start_in_thread(server: RetrievalHTTPServer) -> threading.Thread:
   thread = threading.Thread(target=server.serve_forever, name="retrieval-server", daemon=True)
   thread.start()
   return thread
+
+
+@contextlib.contextmanager
+def serving(retriever, host: str = "127.0.0.1", port: int = 0, **server_options):
+  """Runs a retrieval server in a background thread for the `with` block; yields the server.
+
+  Port 0 lets the OS choose a free port (`server.url` tells which). The server is shut down and
+  its socket closed on exit, also when the block raises.
+  """
+  server = RetrievalHTTPServer((host, port), retriever, **server_options)
+  start_in_thread(server)
+  try:
+    yield server
+  finally:
+    server.shutdown()
+    server.server_close()
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

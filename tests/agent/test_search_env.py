@@ -7,7 +7,7 @@ import pytest
 from memtrain_jax.agent import search_env as se
 from memtrain_jax.retrieval.bm25 import BM25Retriever
 from memtrain_jax.retrieval.client import RetrievalClient
-from memtrain_jax.retrieval.server import RetrievalHTTPServer, start_in_thread
+from memtrain_jax.retrieval.server import serving
 
 CORPUS = [
     {"title": "Eiffel Tower", "text": "The Eiffel Tower is a wrought-iron lattice tower in Paris."},
@@ -54,11 +54,8 @@ def corpus_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(corpus_path):
-  server = RetrievalHTTPServer(("127.0.0.1", 0), BM25Retriever.from_jsonl(corpus_path))
-  start_in_thread(server)
-  yield RetrievalClient(server.url, timeout=5, retries=0)
-  server.shutdown()
-  server.server_close()
+  with serving(BM25Retriever.from_jsonl(corpus_path)) as server:
+    yield RetrievalClient(server.url, timeout=5, retries=0)
 
 
 def run(tasks, policy, retriever, **config):

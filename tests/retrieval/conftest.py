@@ -5,7 +5,7 @@ import json
 import pytest
 
 from memtrain_jax.retrieval.bm25 import BM25Retriever
-from memtrain_jax.retrieval.server import RetrievalHTTPServer, start_in_thread
+from memtrain_jax.retrieval.server import serving
 
 CORPUS_ROWS = [
     {"id": "0",
@@ -28,8 +28,5 @@ def corpus_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bm25_server(corpus_path):
-  server = RetrievalHTTPServer(("127.0.0.1", 0), BM25Retriever.from_jsonl(corpus_path))
-  start_in_thread(server)
-  yield server
-  server.shutdown()
-  server.server_close()
+  with serving(BM25Retriever.from_jsonl(corpus_path)) as server:
+    yield server
