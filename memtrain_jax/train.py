@@ -41,6 +41,7 @@ from memtrain_jax.rl import advantages as adv_lib
 from memtrain_jax.rl import packing as packing_lib
 from memtrain_jax.rl import train_step as step_lib
 from memtrain_jax.sampling.sampler import Sampler, SamplerConfig
+from memtrain_jax.seeding import derive_seed
 
 log = logging.getLogger("memtrain")
 
@@ -87,10 +88,6 @@ def agent_config(cfg, problem: str) -> memory_agent.AgentConfig:
       mask_problem=problem, answer_prefix=cfg.agent.answer_prefix)
 
 
-def step_seed(seed: int, step: int, stream: int) -> int:
-  return int(np.random.SeedSequence([seed, step, stream]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
 # ----------------------------------------------------------------------------------------------
 # One rollout batch.
 
@@ -124,7 +121,7 @@ def collect_rollouts(cfg, step: int, sampler, params, documents: list[dict], e2e
   agent_docs = [memory_agent.AgentDocument.from_built(d, e2e_objective.problem(d)) for d in documents]
   rollout = memory_agent.run_memory_agent(
       sampler, params, agent_docs, num_rollouts=cfg.objectives.end_to_end.num_rollouts,
-      config=acfg, seed=step_seed(cfg.train.seed, step, 0), **sampling)
+      config=acfg, seed=derive_seed(cfg.train.seed, step, 0), **sampling)
   num_traj = rollout.num_trajectories
   final_scores = np.array([e2e_objective.score(documents[rollout.document_index[j]],
                                                rollout.final_answers[j]) for j in range(num_traj)],
@@ -132,7 +129,7 @@ def collect_rollouts(cfg, step: int, sampler, params, documents: list[dict], e2e
   correct = {j: float(final_scores[j]) for j in range(num_traj)}
   rows, probes, probe_answers, probe_scores = rollout.rows, [], [], []
   if probe_objective is not None:
-    rng = np.random.default_rng(step_seed(cfg.train.seed, step, 1))
+    rng = np.random.default_rng(derive_seed(cfg.train.seed, step, 1))
     for j in range(num_traj):
       trajectory = objectives.Trajectory(document=documents[rollout.document_index[j]],
                                          memories=tuple(rollout.memories[j]),
@@ -143,7 +140,7 @@ def collect_rollouts(cfg, step: int, sampler, params, documents: list[dict], e2e
     probe_rollout = memory_agent.run_probes(
         sampler, params, probes, num_samples=cfg.objectives.recall.num_samples,
         first_sample_id=num_traj, first_group_id=rollout.num_documents, config=acfg,
-        seed=step_seed(cfg.train.seed, step, 2), **sampling)
+        seed=derive_seed(cfg.train.seed, step, 2), **sampling)
     for p, probe in enumerate(probes):
       answers = probe_rollout.answers[p]
       scores = [probe_objective.score(probe, text) for text in answers]
@@ -222,7 +219,7 @@ def run_updates(cfg, step: int, state, rows: InteractionRows, *, mesh, train_ste
   trained_tokens = 0
   for epoch in range(cfg.rl.ppo_epochs):
     for mini in split_mini_batches(rows, cfg.rl.num_mini_batches,
-                                   step_seed(cfg.train.seed, step, 10 + epoch)):
+                                   derive_seed(cfg.train.seed, step, 10 + epoch)):
       packed = packing_lib.pack_rows(mini, packing_cfg)
       ref_logp = None
       if logprob_fn is not None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from memtrain_jax.agent import prompts as prompt_lib
 from memtrain_jax.agent.rows import InteractionRows, RowKind
+from memtrain_jax.seeding import derive_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,10 +94,6 @@ def _check_budgets(sampler, config: AgentConfig) -> None:
     if getattr(config, name) > budget:
       raise ValueError(f"AgentConfig.{name}={getattr(config, name)} exceeds the sampler's "
                        f"max_new_tokens={budget}; raise SamplerConfig.max_new_tokens")
-
-
-def _step_seed(seed: int, *parts: int) -> int:
-  return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 class _RowBuilder:
@@ -177,12 +174,12 @@ def run_memory_agent(sampler, params, documents: Sequence[AgentDocument], *, num
       ids = [encode(x) for x in unique]
       batch = sampler.generate(params, ids, num_samples=group,
                                max_new_tokens=config.memory_max_tokens,
-                               seed=_step_seed(seed, 0, t), **sampling)
+                               seed=derive_seed(seed, 0, t), **sampling)
       ids = [p for p in ids for _ in range(group)]
     else:
       ids = [encode(x) for x in texts]
       batch = sampler.generate(params, ids, max_new_tokens=config.memory_max_tokens,
-                               seed=_step_seed(seed, 0, t), **sampling)
+                               seed=derive_seed(seed, 0, t), **sampling)
     for i, j in enumerate(active):
       memory[j] = add_row(ids[i], texts[i], batch, i, j, t, RowKind.MEMORY_UPDATE)
       memories[j].append(memory[j])
@@ -193,7 +190,7 @@ def run_memory_agent(sampler, params, documents: Sequence[AgentDocument], *, num
                              memory=memory[j]) for j in range(num_traj)]
   ids = [encode(x, config.answer_prefix) for x in texts]
   batch = sampler.generate(params, ids, max_new_tokens=config.answer_max_tokens,
-                           seed=_step_seed(seed, 1), **sampling)
+                           seed=derive_seed(seed, 1), **sampling)
   answers = [add_row(ids[j], texts[j], batch, j, j, len(documents[doc_of[j]].chunks),
                      RowKind.FINAL_ANSWER, config.answer_prefix) for j in range(num_traj)]
   return AgentRollout(rows=rows.build(), document_index=doc_of, memories=memories,
@@ -226,7 +223,7 @@ def run_probes(sampler, params, probes: Sequence, *, num_samples: int, first_sam
                                          config.answer_prefix) for probe in probes]
     batch = sampler.generate(params, ids, num_samples=num_samples,
                              max_new_tokens=config.recall_max_tokens, temperature=temperature,
-                             top_p=top_p, top_k=top_k, seed=_step_seed(seed, 2))
+                             top_p=top_p, top_k=top_k, seed=derive_seed(seed, 2))
     for p, probe in enumerate(probes):
       for s in range(num_samples):
         r = p * num_samples + s
