@@ -73,7 +73,8 @@ def prepare_data(cfg, workdir: str, tokenizer) -> str:
 def sampler_config(cfg) -> SamplerConfig:
   agent = cfg.agent
   budget = max(agent.memory_max_tokens, agent.answer_max_tokens, agent.recall_max_tokens)
-  # The longest prompt: instruction + problem + memory + chunk, plus the chat template's tokens.
+  # The longest prompt: instruction + problem (prompt_max_tokens) + memory + chunk. The prompt
+  # buckets above it are dropped, the smallest one that holds it is kept.
   longest = agent.prompt_max_tokens + agent.memory_max_tokens + cfg.data.chunking.chunk_size
   buckets = tuple(b for b in cfg.sampling.prompt_buckets if b < longest) + (
       next((b for b in cfg.sampling.prompt_buckets if b >= longest), longest),)
@@ -81,11 +82,12 @@ def sampler_config(cfg) -> SamplerConfig:
                        max_new_tokens=budget)
 
 
-def agent_config(cfg, problem: str) -> memory_agent.AgentConfig:
+def agent_config(cfg) -> memory_agent.AgentConfig:
+  """Budgets and prompts of the agent; each document brings its own problem (`AgentDocument`)."""
   return memory_agent.AgentConfig(
       memory_max_tokens=cfg.agent.memory_max_tokens, answer_max_tokens=cfg.agent.answer_max_tokens,
       recall_max_tokens=cfg.agent.recall_max_tokens, initial_memory=cfg.agent.initial_memory,
-      mask_problem=problem, answer_prefix=cfg.agent.answer_prefix)
+      answer_prefix=cfg.agent.answer_prefix)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,7 +119,7 @@ def collect_rollouts(cfg, step: int, sampler, params, documents: list[dict], e2e
   """Runs the agent and the probes of one step and scores every sample."""
   sampling = dict(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                   top_k=cfg.sampling.top_k)
-  acfg = agent_config(cfg, e2e_objective.problem(documents[0]))
+  acfg = agent_config(cfg)
   agent_docs = [memory_agent.AgentDocument.from_built(d, e2e_objective.problem(d)) for d in documents]
   rollout = memory_agent.run_memory_agent(
       sampler, params, agent_docs, num_rollouts=cfg.objectives.end_to_end.num_rollouts,
