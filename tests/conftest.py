@@ -26,3 +26,21 @@ def pytest_configure(config):
 def bundled_model_path():
   from memtrain_jax.models import bundled_gguf_path
   return bundled_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_model_path):
+  """A tiny random Llama saved as an HF directory with SmolLM2's real tokenizer and chat template.
+
+  Prompts, chat template and stop token are real; the weights are random, so the model's answers
+  (and the rewards) are whatever chance gives.
+  """
+  from memtrain_jax import models
+  tokenizer = models.load_tokenizer(bundled_model_path)
+  config = models.ModelConfig(family="llama", vocab_size=len(tokenizer), hidden_size=32,
+                              intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                              head_dim=8, rope_theta=10000.0, tie_embeddings=True,
+                              bos_token_id=tokenizer.bos_token_id, eos_token_ids=(2,))
+  out = str(tmp_path_factory.mktemp("tiny_llama"))
+  models.save_pretrained(config, models.init_params(config, seed=0, scale=0.05), tokenizer, out)
+  return out

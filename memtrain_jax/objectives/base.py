@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 import ml_collections
 import numpy as np
 
+from memtrain_jax import rewards
+
 
 @dataclasses.dataclass(frozen=True)
 class Trajectory:
@@ -55,7 +57,12 @@ class Probe:
 
 
 class TrajectoryObjective:
-  """Poses the end-to-end problem and scores final answers."""
+  """Poses the end-to-end problem and scores final answers.
+
+  By default the golds are the document's `answer` and `answer_aliases` (every built document,
+  masked or QA, has them) and the score is MemAgent's training verifier: strict exact match of
+  the last \\boxed{} against any gold. Subclasses pose `problem` and may override the rest.
+  """
 
   name: ClassVar[str] = ""
 
@@ -66,10 +73,11 @@ class TrajectoryObjective:
     raise NotImplementedError
 
   def golds(self, document: dict) -> tuple[str, ...]:
-    raise NotImplementedError
+    golds = [document["answer"]] + list(document.get("answer_aliases") or [])
+    return tuple(dict.fromkeys(g for g in golds if g))
 
   def score(self, document: dict, completion: str) -> float:
-    raise NotImplementedError
+    return float(rewards.training_exact_match(completion, self.golds(document)))
 
 
 class ProbeObjective:

@@ -7,6 +7,7 @@ import importlib
 _REGISTRY: dict[str, type] = {}
 # Built-in objectives live in these modules; importing one registers its classes.
 _BUILTIN_MODULES = ("memtrain_jax.objectives.masked_reconstruction",
+                    "memtrain_jax.objectives.qa_final_answer",
                     "memtrain_jax.objectives.memory_recall")
 
 

@@ -26,18 +26,6 @@ CONFIG = os.path.join(ROOT, "tests", "train", "tiny_loop_config.py")
 _PROCESS_LOCAL = ("wall_time", "time/", "throughput/", "compile/")
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory, bundled_model_path):
-  tokenizer = models.load_tokenizer(bundled_model_path)
-  config = models.ModelConfig(family="llama", vocab_size=len(tokenizer), hidden_size=32,
-                              intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                              head_dim=8, rope_theta=10000.0, tie_embeddings=True,
-                              bos_token_id=tokenizer.bos_token_id, eos_token_ids=(2,))
-  out = str(tmp_path_factory.mktemp("tiny_llama"))
-  models.save_pretrained(config, models.init_params(config, seed=0, scale=0.05), tokenizer, out)
-  return out
-
-
 def _metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
