@@ -41,6 +41,35 @@ def base_config() -> ConfigDict:
 
   cfg.data = default_data_config()
 
+  # What is trained. 'memtrain': the paper's proxy objectives on built Wikipedia documents
+  # (`data`, `objectives`). 'long_qa': MemAgent task RL on RULER-HotpotQA (final-answer reward
+  # only, objective 'qa_final_answer'). 'search_qa': MEM1 task RL, a search agent over a retriever.
+  # Task RL starts from any checkpoint: set model.path to a MemTrain run's exported <workdir>/hf.
+  cfg.task = ConfigDict()
+  cfg.task.name = "memtrain"
+  cfg.task.long_qa = ConfigDict()
+  cfg.task.long_qa.source = "bundled:hotpotqa-dev-50"  # or a HotpotQA json (train split)
+  cfg.task.long_qa.question_start = 16  # bundled: questions 0..15 are held out for evaluation
+  cfg.task.long_qa.question_count = 0  # 0 = every question from question_start
+  # Context lengths in policy tokens; each question is built once per length (MemAgent trains
+  # at ~28K tokens = 200 documents with chunk 5000).
+  cfg.task.long_qa.target_tokens = (28000,)
+  cfg.task.long_qa.seed = 4  # MemAgent's distractor shuffle seed
+  # Allowed relative miss of each context's length; one paragraph is ~100-200 tokens, so short
+  # CPU-scale contexts need more than the 10% that suits MemAgent's 7K..896K.
+  cfg.task.long_qa.length_tolerance = 0.1
+  cfg.task.search_qa = ConfigDict()
+  cfg.task.search_qa.source = "bundled:hotpotqa-dev-50"  # MEM1: nq_hotpotqa_train_multi_2
+  cfg.task.search_qa.question_start = 16
+  cfg.task.search_qa.question_count = 0
+  cfg.task.search_qa.questions_per_task = 2  # MEM1 / paper: 2 questions per prompt
+  cfg.task.search_qa.max_turns = 6  # paper
+  cfg.task.search_qa.max_response_tokens = 1000  # paper: 1k
+  cfg.task.search_qa.max_obs_tokens = 1000  # paper: 1k
+  cfg.task.search_qa.topk = 3  # MEM1
+  cfg.task.search_qa.retrieval_url = ""  # '' = in-process BM25 over `corpus`
+  cfg.task.search_qa.corpus = "bundled:hotpotqa-dev-50-paragraphs"  # or a JSONL corpus
+
   # Token budgets of the memory agent (paper §4.1, MemAgent). The chunk size and the number of
   # chunks live in data.chunking (one source of truth for the data and the agent).
   cfg.agent = ConfigDict()
@@ -252,6 +281,25 @@ def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
 # Views: the typed settings objects of the modules, built from a config.
 
 
+TASKS = ("memtrain", "long_qa", "search_qa")
+# Tags, turn hints and the corrective text around a search reply and its passages (tokens).
+SEARCH_PROMPT_SLACK = 96
+
+
+def longest_prompt_tokens(cfg: ConfigDict) -> int:
+  """An upper bound on the prompt tokens of any row of the configured task.
+
+  Memory agent: instruction + problem (agent.prompt_max_tokens) + memory + chunk. Search agent:
+  instruction + questions (agent.prompt_max_tokens) + the previous reply + its passages.
+  """
+  agent = cfg.agent
+  if cfg.task.name == "search_qa":
+    search = cfg.task.search_qa
+    return (agent.prompt_max_tokens + search.max_response_tokens + search.max_obs_tokens +
+            SEARCH_PROMPT_SLACK)
+  return agent.prompt_max_tokens + agent.memory_max_tokens + cfg.data.chunking.chunk_size
+
+
 def loss_config(cfg: ConfigDict):
   """rl.loss.LossConfig from the `rl` section."""
   from memtrain_jax.rl.loss import LossConfig
@@ -301,17 +349,37 @@ def validate(cfg: ConfigDict) -> None:
     raise ValueError("both objectives are disabled; enable objectives.end_to_end or .recall")
   if cfg.objectives.recall.enabled and not cfg.objectives.end_to_end.enabled:
     raise ValueError("objectives.recall probes end-to-end trajectories; enable end_to_end too")
+  if cfg.task.name not in TASKS:
+    raise ValueError(f"task.name={cfg.task.name!r}; choose one of {', '.join(TASKS)}")
+  if cfg.task.name != "memtrain" and cfg.objectives.recall.enabled:
+    raise ValueError(f"task.name={cfg.task.name!r} is task RL with the final-answer reward only; "
+                     "set objectives.recall.enabled=False (recall probes need MemTrain documents)")
+  if cfg.task.name == "long_qa" and cfg.objectives.end_to_end.name == "masked_reconstruction":
+    raise ValueError("task.name='long_qa' asks each document's own question; set "
+                     "objectives.end_to_end.name='qa_final_answer'")
+  if cfg.task.name == "long_qa" and (not cfg.task.long_qa.target_tokens or
+                                     min(cfg.task.long_qa.target_tokens) <= 0):
+    raise ValueError("task.long_qa.target_tokens must be a non-empty tuple of positive lengths")
   if cfg.objectives.end_to_end.num_rollouts < 1 or cfg.objectives.recall.num_samples < 1:
     raise ValueError("objectives.*.num_rollouts / num_samples must be >= 1")
   if cfg.rl.ppo_epochs < 1 or cfg.rl.num_mini_batches < 1:
     raise ValueError("rl.ppo_epochs and rl.num_mini_batches must be >= 1")
   agent = cfg.agent
-  longest = (agent.prompt_max_tokens + cfg.data.chunking.chunk_size + agent.memory_max_tokens +
-             max(agent.memory_max_tokens, agent.answer_max_tokens, agent.recall_max_tokens))
+  if cfg.task.name == "search_qa":
+    search = cfg.task.search_qa
+    if search.max_turns < 1 or search.questions_per_task < 1:
+      raise ValueError("task.search_qa.max_turns and questions_per_task must be >= 1")
+    longest = longest_prompt_tokens(cfg) + search.max_response_tokens
+    what = (f"instructions {agent.prompt_max_tokens} + previous reply and passages "
+            f"{search.max_response_tokens + search.max_obs_tokens + SEARCH_PROMPT_SLACK} + reply "
+            f"{search.max_response_tokens} - 1")
+  else:
+    longest = longest_prompt_tokens(cfg) + max(
+        agent.memory_max_tokens, agent.answer_max_tokens, agent.recall_max_tokens)
+    what = (f"prompt {agent.prompt_max_tokens} + chunk {cfg.data.chunking.chunk_size} + memory "
+            f"{agent.memory_max_tokens} + completion - 1")
   if cfg.rl.packing.seq_len < longest - 1:
-    raise ValueError(
-        f"rl.packing.seq_len={cfg.rl.packing.seq_len} is shorter than the longest row "
-        f"({longest - 1} slots = prompt {agent.prompt_max_tokens} + chunk "
-        f"{cfg.data.chunking.chunk_size} + memory {agent.memory_max_tokens} + completion - 1)")
+    raise ValueError(f"rl.packing.seq_len={cfg.rl.packing.seq_len} is shorter than the longest "
+                     f"row ({longest - 1} slots = {what})")
   from memtrain_jax.data.config import validate_data_config
   validate_data_config(cfg.data)

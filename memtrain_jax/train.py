@@ -33,7 +33,7 @@ import numpy as np
 
 from memtrain_jax import config_lib, metrics as metrics_lib, models, objectives, rewards
 from memtrain_jax import sharding as shd
-from memtrain_jax.agent import memory_agent
+from memtrain_jax.agent import memory_agent, search_env, search_rollout
 from memtrain_jax.agent.rows import InteractionRows, RowKind
 from memtrain_jax.checkpoint import Checkpointer
 from memtrain_jax.data.stream import DocumentStream
@@ -53,33 +53,62 @@ log = logging.getLogger("memtrain")
 def prepare_data(cfg, workdir: str, tokenizer) -> str:
   """The built data set's directory: `train.data_dir`, or built once under <workdir>/data.
 
-  Documents are sized and chunked in the policy's own tokens unless data.tokenizer.path says
-  otherwise, so a chunk of `data.chunking.chunk_size` tokens is what the agent really reads.
+  What is built depends on `task.name`: MemTrain documents (the data pipeline), RULER-HotpotQA
+  documents (long_qa) or multi-question search tasks (search_qa). Documents are sized and chunked
+  in the policy's own tokens (unless data.tokenizer.path says otherwise for MemTrain), so a chunk
+  of `data.chunking.chunk_size` tokens is what the agent really reads.
   """
   if cfg.train.data_dir:
     return os.path.expanduser(cfg.train.data_dir)
   out = os.path.join(workdir, "data")
   if os.path.exists(os.path.join(out, "stats.json")):
     return out
-  from memtrain_jax.data.pipeline import build_dataset
-  from memtrain_jax.data.tokens import TokenCounter
-  counter = None if cfg.data.tokenizer.path else TokenCounter(tokenizer)
   start = time.time()
-  report = build_dataset(cfg.data, out, counter=counter)
-  log.info("built %s documents in %.1fs into %s", report.get("documents"), time.time() - start, out)
+  if cfg.task.name == "long_qa":
+    from memtrain_jax.tasks import longqa
+    task = cfg.task.long_qa
+    report = longqa.build_training_set(
+        task.source, out, tokenizer, target_tokens=tuple(task.target_tokens),
+        chunk_size=cfg.data.chunking.chunk_size, question_start=task.question_start,
+        question_count=task.question_count, seed=task.seed,
+        length_tolerance=task.length_tolerance)
+  elif cfg.task.name == "search_qa":
+    from memtrain_jax.tasks import searchqa
+    task = cfg.task.search_qa
+    tasks = searchqa.load_tasks(task.source, questions_per_task=task.questions_per_task,
+                                start=task.question_start, count=task.question_count)
+    report = searchqa.write_tasks(tasks, out, {"task": "search_qa", "source": task.source})
+  else:
+    from memtrain_jax.data.pipeline import build_dataset
+    from memtrain_jax.data.tokens import TokenCounter
+    counter = None if cfg.data.tokenizer.path else TokenCounter(tokenizer)
+    report = build_dataset(cfg.data, out, counter=counter)
+  log.info("built %s %s documents in %.1fs into %s", report.get("documents"), cfg.task.name,
+           time.time() - start, out)
   return out
 
 
 def sampler_config(cfg) -> SamplerConfig:
   agent = cfg.agent
-  budget = max(agent.memory_max_tokens, agent.answer_max_tokens, agent.recall_max_tokens)
-  # The longest prompt: instruction + problem (prompt_max_tokens) + memory + chunk. The prompt
-  # buckets above it are dropped, the smallest one that holds it is kept.
-  longest = agent.prompt_max_tokens + agent.memory_max_tokens + cfg.data.chunking.chunk_size
+  if cfg.task.name == "search_qa":
+    # A reply ends at its first closing action tag, as the search environment parses it.
+    budget, stops = cfg.task.search_qa.max_response_tokens, search_rollout.STOP_STRINGS
+  else:
+    budget = max(agent.memory_max_tokens, agent.answer_max_tokens, agent.recall_max_tokens)
+    stops = ()
+  # The prompt buckets above the longest prompt are dropped, the smallest one that holds it kept.
+  longest = config_lib.longest_prompt_tokens(cfg)
   buckets = tuple(b for b in cfg.sampling.prompt_buckets if b < longest) + (
       next((b for b in cfg.sampling.prompt_buckets if b >= longest), longest),)
   return SamplerConfig(prompt_buckets=buckets, batch_buckets=tuple(cfg.sampling.batch_buckets),
-                       max_new_tokens=budget)
+                       max_new_tokens=budget, stop_strings=stops)
+
+
+def search_env_config(cfg) -> search_env.SearchEnvConfig:
+  task = cfg.task.search_qa
+  return search_env.SearchEnvConfig(max_turns=task.max_turns,
+                                    max_response_tokens=task.max_response_tokens,
+                                    max_obs_tokens=task.max_obs_tokens, topk=task.topk)
 
 
 def agent_config(cfg) -> memory_agent.AgentConfig:
@@ -170,13 +199,16 @@ def rollout_metrics(batch: RolloutBatch, lam: float) -> dict[str, float]:
   answers = rows.kind != RowKind.MEMORY_UPDATE
   out["answers/boxed_fraction"] = float(np.mean(
       [rewards.extract_boxed(t) is not None for t, a in zip(rows.completion_text, answers) if a]))
-  out["rows/count"] = float(len(rows))
-  out["rows/completion_tokens"] = float(lengths.sum())
-  out["rows/prompt_tokens"] = float(sum(len(p) for p in rows.prompt_tokens))
-  return out
+  return {**out, **row_metrics(rows)}
 
 
-def rollout_examples(batch: RolloutBatch, lam: float, problem: str, count: int):
+def row_metrics(rows: InteractionRows) -> dict[str, float]:
+  return {"rows/count": float(len(rows)),
+          "rows/completion_tokens": float(sum(len(c) for c in rows.completion_tokens)),
+          "rows/prompt_tokens": float(sum(len(p) for p in rows.prompt_tokens))}
+
+
+def rollout_examples(batch: RolloutBatch, lam: float, e2e_objective, count: int):
   """The first `count` trajectories as readable `metrics.RolloutExample`s."""
   rollout = batch.rollout
   e2e = batch.end_to_end_rewards(lam)
@@ -190,9 +222,58 @@ def rollout_examples(batch: RolloutBatch, lam: float, problem: str, count: int):
       target = batch.probes[p].answers[0]
       recall = tuple((target, a, s) for a, s in zip(batch.probe_answers[p], batch.probe_scores[p]))
     examples.append(metrics_lib.RolloutExample(
-        document="\n\n".join(doc["chunks"]), problem=problem, memories=rollout.memories[j],
-        answer=rollout.final_answers[j], gold=[doc["answer"]] + list(doc.get("answer_aliases") or []),
-        reward=float(e2e[j]), recall=recall))
+        document="\n\n".join(doc["chunks"]), problem=e2e_objective.problem(doc),
+        memories=rollout.memories[j], answer=rollout.final_answers[j],
+        gold=list(e2e_objective.golds(doc)), reward=float(e2e[j]), recall=recall))
+  return examples
+
+
+# ----------------------------------------------------------------------------------------------
+# One search batch (task.name = 'search_qa', MEM1).
+
+
+@dataclasses.dataclass
+class SearchRolloutBatch:
+  """G episodes per search task, one row per turn; an episode's reward is its averaged EM."""
+  rows: InteractionRows
+  correct: dict[int, float]  # sample_id (= episode) -> reward in [0, 1]
+  episodes: list[search_env.Episode]
+
+
+def collect_search_rollouts(cfg, step: int, sampler, params, documents: list[dict],
+                            retriever) -> SearchRolloutBatch:
+  from memtrain_jax.tasks import searchqa
+  episodes, rows = search_rollout.run_search_rollouts(
+      sampler, params, [searchqa.task_from_row(d) for d in documents], retriever,
+      search_env_config(cfg), num_rollouts=cfg.objectives.end_to_end.num_rollouts,
+      temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, top_k=cfg.sampling.top_k,
+      seed=derive_seed(cfg.train.seed, step, 0))
+  return SearchRolloutBatch(rows, {e: ep.reward for e, ep in enumerate(episodes)}, episodes)
+
+
+def search_metrics(batch: SearchRolloutBatch) -> dict[str, float]:
+  episodes = batch.episodes
+  rewards_ = np.array([e.reward for e in episodes], np.float64)
+  turns = [t for e in episodes for t in e.turns]
+  out = {"rewards/e2e_reward_mean": float(rewards_.mean()),
+         "accuracy/e2e_final": float(np.mean(rewards_ == 1.0)),
+         "search/turns_mean": float(np.mean([len(e.turns) for e in episodes])),
+         "search/searches_mean": float(np.mean([e.num_searches for e in episodes])),
+         "search/answered_fraction": float(np.mean([e.answer is not None for e in episodes])),
+         "search/invalid_turn_fraction": float(np.mean(
+             [t.action == search_env.INVALID for t in turns])),
+         "search/state_fraction": float(np.mean([t.internal_state is not None for t in turns]))}
+  return {**out, **row_metrics(batch.rows)}
+
+
+def search_examples(batch: SearchRolloutBatch, count: int):
+  examples = []
+  for episode in batch.episodes[:count]:
+    examples.append(metrics_lib.RolloutExample(
+        document="", problem="\n".join(episode.task.questions),
+        memories=[t.response + t.observation for t in episode.turns],
+        answer=episode.answer or "(no answer)",
+        gold=[" | ".join(g) for g in episode.task.golds], reward=episode.reward))
   return examples
 
 
@@ -267,6 +348,11 @@ def train(cfg, workdir: str) -> dict[str, float]:
   stream = DocumentStream(data_dir, seed=cfg.train.seed)
   e2e_objective = objectives.make(cfg.objectives.end_to_end.name, cfg.objectives.end_to_end,
                                   module=cfg.objectives.end_to_end.module or None)
+  retriever = None
+  if cfg.task.name == "search_qa":
+    from memtrain_jax.tasks import searchqa
+    retriever = searchqa.make_retriever(cfg.task.search_qa.retrieval_url,
+                                        cfg.task.search_qa.corpus)
   probe_objective = None
   if cfg.objectives.recall.enabled:
     probe_objective = objectives.make(cfg.objectives.recall.name, cfg.objectives.recall,
@@ -308,19 +394,23 @@ def train(cfg, workdir: str) -> dict[str, float]:
   timer = metrics_lib.Timer()
   record: dict[str, float] = {}
   stopped = False
-  problem = e2e_objective.problem({})
   try:
     while done < cfg.train.num_steps:
       step = done + 1
       documents = [next(stream) for _ in range(cfg.train.batch_documents)]
       with timer.section("rollout"):
         rollout_params = jax.device_put(state.params, rollout_shardings)
-        batch = collect_rollouts(cfg, step, sampler, rollout_params, documents, e2e_objective,
-                                 probe_objective)
+        if retriever is not None:
+          batch = collect_search_rollouts(cfg, step, sampler, rollout_params, documents, retriever)
+        else:
+          batch = collect_rollouts(cfg, step, sampler, rollout_params, documents, e2e_objective,
+                                   probe_objective)
         del rollout_params
       stats = adv_lib.fill_advantages(batch.rows, batch.correct, adv_cfg)
       kept = adv_lib.select_rows(batch.rows, stats.row_keep)
-      step_metrics = {**rollout_metrics(batch, lam), **stats.as_metrics()}
+      batch_metrics = (search_metrics(batch) if retriever is not None else
+                       rollout_metrics(batch, lam))
+      step_metrics = {**batch_metrics, **stats.as_metrics()}
       if len(kept):
         state, update_metrics = run_updates(cfg, step, state, kept, mesh=mesh, train_step=train_step,
                                             logprob_fn=logprob_fn, ref_params=ref_params,
@@ -334,9 +424,10 @@ def train(cfg, workdir: str) -> dict[str, float]:
       record = writer.write(step, step_metrics, tokens=tokens)
       done = step
       if cfg.train.dump_rollouts_every and step % cfg.train.dump_rollouts_every == 0:
-        metrics_lib.dump_rollouts(workdir, step, rollout_examples(
-            batch, lam, problem, cfg.train.dump_rollouts_count),
-            max_examples=cfg.train.dump_rollouts_count)
+        count = cfg.train.dump_rollouts_count
+        examples = (search_examples(batch, count) if retriever is not None else
+                    rollout_examples(batch, lam, e2e_objective, count))
+        metrics_lib.dump_rollouts(workdir, step, examples, max_examples=count)
       if ckpt.step_end(done, state, extra_for(done)):
         stopped = True
         log.warning("stopping after step %d (%s); the checkpoint is saved", done,

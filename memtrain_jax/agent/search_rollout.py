@@ -8,7 +8,8 @@ what was really sampled.
 
 The sampler should stop at the first closing action tag (`STOP_STRINGS`, MEM1's stop strings) and
 cap replies at the environment's `max_response_tokens` (its `max_new_tokens`): then the reply the
-environment parses is exactly the completion that is trained.
+environment parses is the completion that is trained (up to text after the closing tag inside the
+tag's last token, which the environment cuts off).
 
 Row ids: episode e (in the order of the task list) is sample and trajectory e; its group is the
 group of its task (the G rollouts of one task form one GRPO group); its turns are steps 0, 1, ...;
@@ -18,6 +19,7 @@ is the consolidated state the next turn reads).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +30,7 @@ from memtrain_jax.agent.rows import InteractionRows, RowKind
 from memtrain_jax.seeding import derive_seed
 
 STOP_STRINGS = ("</search>", "</answer>")
+_NO_CAP = 1 << 30
 
 
 class SamplerPolicy:
@@ -115,7 +118,11 @@ def run_search_rollouts(sampler, params, tasks: Sequence[search_env.SearchTask],
                          temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                          system_prompt=system_prompt)
   repeated = [task for task in tasks for _ in range(num_rollouts)]
-  episodes = search_env.run_search_episodes(repeated, policy, retriever, config,
+  # Generation already caps each reply at max_response_tokens sampled tokens (MEM1's
+  # max_response_length). The environment's own cap re-encodes the decoded text, which can count
+  # differently, and would then parse a reply other than the trained completion: it is lifted.
+  env_config = dataclasses.replace(config, max_response_tokens=_NO_CAP)
+  episodes = search_env.run_search_episodes(repeated, policy, retriever, env_config,
                                             tokenizer=_TextCodec(sampler.tokenizer))
   groups = np.repeat(np.arange(len(tasks)), num_rollouts)
   return episodes, episode_rows(episodes, policy, groups)

@@ -99,22 +99,43 @@ def write_documents(documents: Sequence[dict], out_dir: str, info: dict | None =
 
 def build_training_set(source: str, out_dir: str, tokenizer, *, target_tokens: Sequence[int],
                        chunk_size: int, question_start: int = 0, question_count: int = 0,
-                       seed: int = rhq.MEMAGENT_SEED) -> dict:
+                       seed: int = rhq.MEMAGENT_SEED, length_tolerance: float = 0.1) -> dict:
   """RULER-HotpotQA training documents (MemAgent task RL): each question at each target length.
 
   Distractors come from the pool of the selected questions' own paragraphs, so training and
-  evaluation on disjoint question ranges also use disjoint paragraphs.
+  evaluation on disjoint question ranges also use disjoint paragraphs. MemAgent's own built
+  training file (`hotpotqa_train_32k.parquet`) or eval files (`eval_hotpotqa_*.json`) are also
+  accepted: their contexts are used as they are and `target_tokens` is ignored.
   """
-  questions = load_questions(source, question_start, question_count)
   counter = TokenCounter(tokenizer)  # counts without special tokens: what the chunks will hold
+  if source.endswith((".parquet", ".json")) and _is_memagent_file(source):
+    samples = (rhq.load_memagent_parquet(source) if source.endswith(".parquet") else
+               rhq.load_memagent_eval(source))
+    end = len(samples) if question_count <= 0 else question_start + question_count
+    documents = build_documents(samples[question_start:end], counter, chunk_size)
+    write_documents(documents, out_dir, {"task": "long_qa", "source": source,
+                                         "chunk_size": chunk_size})
+    return {"documents": len(documents), "out_dir": out_dir}
+  questions = load_questions(source, question_start, question_count)
   documents = []
   for tokens in target_tokens:
-    samples = rhq.build_ruler_hotpotqa_for_tokens(questions, int(tokens), counter, seed=seed)
-    documents += build_documents(samples, tokenizer, chunk_size, tag=f"{tokens}t")
+    samples = rhq.build_ruler_hotpotqa_for_tokens(questions, int(tokens), counter, seed=seed,
+                                                  tolerance=length_tolerance)
+    documents += build_documents(samples, counter, chunk_size, tag=f"{tokens}t")
   write_documents(documents, out_dir, {
       "task": "long_qa", "source": source, "question_start": question_start,
       "questions": len(questions), "target_tokens": list(target_tokens), "chunk_size": chunk_size})
   return {"documents": len(documents), "out_dir": out_dir}
+
+
+def _is_memagent_file(source: str) -> bool:
+  """MemAgent's built files carry a rendered `context` string; HotpotQA json has paragraph lists."""
+  path = os.path.expanduser(source)
+  if path.endswith(".parquet"):
+    return True
+  with open(path, encoding="utf-8") as f:
+    head = f.read(65536)
+  return '"supporting_facts"' not in head and '"context": "' in head
 
 
 def centre_truncate(ids: Sequence[int], max_tokens: int) -> list[int]:

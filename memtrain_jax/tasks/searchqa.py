@@ -91,6 +91,30 @@ def load_tasks(source: str, *, questions_per_task: int = 2, start: int = 0,
   return [search_env.SearchTask(t.questions, t.golds, task_id=f"{i}") for i, t in enumerate(tasks)]
 
 
+def write_tasks(tasks: list[search_env.SearchTask], out_dir: str, info: dict | None = None) -> dict:
+  """Writes tasks as one `DocumentStream` shard (one JSON row per task) plus a stats.json."""
+  from memtrain_jax.data.pipeline import SHARD_PATTERN
+  if not tasks:
+    raise ValueError(f"no search tasks to write to {out_dir}")
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, SHARD_PATTERN.format(0)), "w", encoding="utf-8") as f:
+    for i, task in enumerate(tasks):
+      row = {"id": task.task_id or str(i), "questions": list(task.questions),
+             "golds": [list(g) for g in task.golds]}
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  report = {"documents": len(tasks), "questions_per_task": len(tasks[0].questions), **(info or {})}
+  with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  return report
+
+
+def task_from_row(row: Mapping) -> search_env.SearchTask:
+  """The inverse of `write_tasks` for one row."""
+  return search_env.SearchTask(questions=tuple(row["questions"]),
+                               golds=tuple(tuple(g) for g in row["golds"]),
+                               task_id=str(row.get("id")))
+
+
 def bundled_corpus_docs() -> list[CorpusDoc]:
   """Every unique paragraph of the bundled HotpotQA questions, in wiki-18's '"Title"\\ntext' form."""
   seen, docs = set(), []

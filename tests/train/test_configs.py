@@ -10,7 +10,9 @@ from memtrain_jax import config_lib
 from memtrain_jax.rl.loss import LossConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True))
+# Training configs; configs/eval/ holds `memtrain eval` configs (their own schema and tests).
+CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
+                 if os.sep + "eval" + os.sep not in p)
 PAPER_4B = os.path.join(REPO, "configs", "paper", "memtrain_qwen3_4b.py")
 
 
@@ -18,7 +20,9 @@ def test_the_expected_configs_exist():
   names = {os.path.relpath(p, REPO) for p in CONFIGS}
   assert {"configs/default.py", "configs/paper/memtrain_qwen3_4b.py",
           "configs/paper/memtrain_qwen2_5_7b.py", "configs/paper/ablation_end_to_end.py",
-          "configs/paper/ablation_decoupled.py"} <= names
+          "configs/paper/ablation_decoupled.py", "configs/memagent_cpu.py", "configs/mem1_cpu.py",
+          "configs/paper/memagent_qwen3_4b.py", "configs/paper/memagent_qwen2_5_7b.py",
+          "configs/paper/mem1_qwen3_4b.py", "configs/paper/mem1_qwen2_5_7b.py"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
