@@ -1,0 +1,249 @@
+"""`memtrain eval`'s loop: plan the cells, run the missing ones model by model, write the report.
+
+Cells (see `cells`) are planned from the config: for long QA every model x mode x length (the
+full-context mode only for `long_qa.full_context_models`), for search QA every model of
+`search_qa.models` x data set. Cells already in the workdir with the same settings are skipped, and
+a model whose cells are all done is never loaded, so a re-run after an interruption costs at most
+the one cell that was running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+from memtrain_jax import models
+from memtrain_jax import sharding as shd
+from memtrain_jax.agent import search_rollout
+from memtrain_jax.evaluation import config as config_lib
+from memtrain_jax.evaluation import longqa, report, searchqa
+from memtrain_jax.evaluation.cells import CellSpec, CellStore, fingerprint
+from memtrain_jax.metrics import format_duration
+from memtrain_jax.sampling.sampler import Sampler, SamplerConfig
+
+log = logging.getLogger("memtrain")
+
+# Search prompts add a turns-left hint and tags around the reply and the passages.
+_SEARCH_PROMPT_MARGIN = 128
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning.
+
+
+def _without(section: Mapping, *keys: str) -> dict:
+  return {k: v for k, v in section.items() if k not in keys}
+
+
+def plan_cells(cfg) -> list[CellSpec]:
+  """Every cell the config asks for, in run order (model by model), with what decides it."""
+  specs = config_lib.model_specs(cfg)
+  first_path = specs[0][1]
+  sampling = _without(cfg.sampling.to_dict(), "prompt_buckets", "batch_buckets")
+  plan = []
+  for name, path in specs:
+    common = {"model_path": path, "model": cfg.model.to_dict(), "sampling": sampling}
+    if cfg.long_qa.enabled and name in config_lib.task_models(cfg, "long_qa"):
+      lq = cfg.long_qa.to_dict()
+      data = _without(lq, "enabled", "models", "lengths", "num_docs", "length_labels", "modes",
+                      "full_context_models", "full_context_max_tokens", "full_context_template")
+      modes = [m for m in config_lib.MODES if m in cfg.long_qa.modes and
+               (m == config_lib.MEMORY_AGENT or name in cfg.long_qa.full_context_models)]
+      for mode in modes:
+        if mode == config_lib.MEMORY_AGENT:
+          method = _without(cfg.agent.to_dict(), "prompt_max_tokens")
+        else:
+          method = {"answer_max_tokens": cfg.agent.answer_max_tokens,
+                    "answer_prefix": cfg.agent.answer_prefix,
+                    "max_tokens": lq["full_context_max_tokens"],
+                    "template": lq["full_context_template"]}
+        for (kind, value), label in zip(config_lib.length_targets(cfg),
+                                        config_lib.length_labels(cfg)):
+          # Token targets are measured with the first model's tokenizer.
+          target = {"kind": kind, "value": value,
+                    "tokenizer": first_path if kind == "tokens" else None}
+          plan.append(CellSpec(
+              key=f"long_qa__{name}__{mode}__{kind}{value}", task="long_qa", model=name,
+              column=label, mode=mode,
+              settings={**common, "data": data, "method": method, "target": target}))
+    if cfg.search_qa.enabled and name in config_lib.task_models(cfg, "search_qa"):
+      env = _without(cfg.search_qa.to_dict(), "enabled", "datasets", "models")
+      for dataset, source in config_lib.dataset_specs(cfg):
+        plan.append(CellSpec(
+            key=f"search_qa__{name}__{dataset}", task="search_qa", model=name, column=dataset,
+            mode="search", settings={**common, "env": env, "source": source}))
+  return plan
+
+
+# ----------------------------------------------------------------------------------------------
+# Samplers.
+
+
+def prompt_buckets(buckets: Sequence[int], longest: int) -> tuple[int, ...]:
+  """The buckets below `longest` plus the smallest one holding it (or `longest` itself)."""
+  kept = tuple(sorted(b for b in buckets if b < longest))
+  return kept + (next((b for b in sorted(buckets) if b >= longest), longest),)
+
+
+def long_qa_sampler_config(cfg) -> SamplerConfig:
+  """One config for every model (so they can share one sampler), sized for the full-context
+  prompts when any model runs them."""
+  agent = cfg.agent
+  longest = agent.prompt_max_tokens + agent.memory_max_tokens + agent.chunk_size
+  names = config_lib.task_models(cfg, "long_qa")
+  if (config_lib.FULL_CONTEXT in cfg.long_qa.modes and
+      any(name in names for name in cfg.long_qa.full_context_models)):
+    longest = max(longest, agent.prompt_max_tokens + cfg.long_qa.full_context_max_tokens)
+  return SamplerConfig(prompt_buckets=prompt_buckets(cfg.sampling.prompt_buckets, longest),
+                       batch_buckets=tuple(cfg.sampling.batch_buckets),
+                       max_new_tokens=max(agent.memory_max_tokens, agent.answer_max_tokens))
+
+
+def search_sampler_config(cfg) -> SamplerConfig:
+  sq = cfg.search_qa
+  # A turn's prompt: instruction and questions, the previous reply and what it retrieved.
+  longest = (cfg.agent.prompt_max_tokens + sq.max_response_tokens + sq.max_obs_tokens +
+             _SEARCH_PROMPT_MARGIN)
+  return SamplerConfig(prompt_buckets=prompt_buckets(cfg.sampling.prompt_buckets, longest),
+                       batch_buckets=tuple(cfg.sampling.batch_buckets),
+                       max_new_tokens=sq.max_response_tokens,
+                       stop_strings=search_rollout.STOP_STRINGS)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running.
+
+
+class _Inputs:
+  """Data shared by every model, built on first use: samples, search tasks, the retriever."""
+
+  def __init__(self, cfg):
+    self.cfg = cfg
+    self._samples = None
+    self._tasks: dict[str, list] = {}
+    self._retriever = None
+
+  def samples(self, kind: str, value: int):
+    if self._samples is None:
+      first_path = config_lib.model_specs(self.cfg)[0][1]
+      self._samples = longqa.SampleSource(self.cfg.long_qa, models.load_tokenizer(first_path))
+    return self._samples.samples(kind, value), self._samples.question_index
+
+  def tasks(self, source: str):
+    if source not in self._tasks:
+      self._tasks[source] = searchqa.load_tasks(self.cfg.search_qa, source)
+    return self._tasks[source]
+
+  def retriever(self):
+    if self._retriever is None:
+      self._retriever = searchqa.make_retriever(self.cfg.search_qa)
+    return self._retriever
+
+
+def _tokenizer_key(tokenizer) -> str:
+  """A hash of everything a sampler uses the tokenizer for: vocabulary, specials, chat template."""
+  state = {"vocab": sorted(tokenizer.get_vocab().items()),
+           "special": tokenizer.special_tokens_map, "template": tokenizer.chat_template}
+  return fingerprint(state)
+
+
+class _Samplers:
+  """Samplers shared by models of one architecture and tokenizer, so they compile once.
+
+  A sampler's programs take the weights as arguments, so the chain's checkpoints of one base
+  model (base, +MemTrain, +MemAgent, ...) reuse every program the first of them compiled.
+  """
+
+  def __init__(self, cfg, mesh):
+    self.cfg, self.mesh = cfg, mesh
+    self._samplers: dict[tuple, Sampler] = {}
+
+  def get(self, kind: str, model_config, tokenizer) -> Sampler:
+    config = search_sampler_config(self.cfg) if kind == "search" else long_qa_sampler_config(self.cfg)
+    key = (config, model_config, _tokenizer_key(tokenizer))
+    if key not in self._samplers:
+      self._samplers[key] = Sampler(model_config, tokenizer, config, mesh=self.mesh)
+    return self._samplers[key]
+
+
+class _LoadedModel:
+  """One model's weights and tokenizer, with its samplers drawn from the shared pool."""
+
+  def __init__(self, cfg, path: str, samplers: _Samplers):
+    start = time.time()
+    self.config, self.params = models.load_pretrained(
+        path, dtype=cfg.model.param_dtype, compute_dtype=cfg.model.compute_dtype,
+        mesh=samplers.mesh, rules="rollout")
+    self.tokenizer = models.load_tokenizer(path)
+    self._samplers = samplers
+    log.info("loaded %s (%s, %.0fM params) in %.1fs", path, self.config.family,
+             self.config.num_params() / 1e6, time.time() - start)
+
+  def sampler(self, kind: str) -> Sampler:
+    """The 'long_qa' or the 'search' sampler (which stops at the search actions)."""
+    return self._samplers.get(kind, self.config, self.tokenizer)
+
+
+def run_cell(spec: CellSpec, model: _LoadedModel, inputs: _Inputs, cfg) -> tuple[dict, list]:
+  """Runs one cell; returns (aggregate result, per-question records)."""
+  if spec.task == "search_qa":
+    sampler = model.sampler("search")
+    records = searchqa.run_search_cell(sampler, model.params, inputs.tasks(spec.settings["source"]),
+                                       inputs.retriever(), cfg)
+    return searchqa.aggregate(records), records
+  target = spec.settings["target"]
+  samples, question_index = inputs.samples(target["kind"], target["value"])
+  run = (longqa.run_full_context_cell if spec.mode == config_lib.FULL_CONTEXT
+         else longqa.run_memory_agent_cell)
+  records = run(model.sampler("long_qa"), model.params, samples, cfg, question_index)
+  return longqa.aggregate(records), records
+
+
+def _describe(result: Mapping) -> str:
+  if "sub_em" in result:
+    return (f"sub-EM {100 * result['sub_em']:.2f}% EM {100 * result['em']:.2f}% "
+            f"F1 {100 * result['f1']:.2f}% over {result['num_questions']} questions")
+  return (f"EM {100 * result['em']:.2f}% over {result['num_tasks']} tasks, "
+          f"{result['searches_mean']:.2f} searches / {result['turns_mean']:.2f} turns")
+
+
+def run_eval(cfg, workdir: str) -> dict:
+  """Runs (or resumes) the evaluation in `workdir`; returns the report's results dict."""
+  config_lib.validate_eval_config(cfg)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "eval_config.json"), "w", encoding="utf-8") as f:
+    f.write(cfg.to_json(indent=2))
+  store = CellStore(workdir)
+  plan = plan_cells(cfg)
+  done = {spec.key: store.load(spec) for spec in plan}
+  todo = [spec for spec in plan if done[spec.key] is None]
+  log.info("%d cells planned, %d already done in %s, %d to run", len(plan),
+           len(plan) - len(todo), workdir, len(todo))
+  inputs = _Inputs(cfg)
+  samplers = None
+  start = time.time()
+  for name, path in config_lib.model_specs(cfg):
+    cells = [spec for spec in todo if spec.model == name]
+    if not cells:
+      continue
+    if samplers is None:
+      samplers = _Samplers(cfg, shd.make_mesh(cfg.mesh.shape))
+    model = _LoadedModel(cfg, path, samplers)
+    for spec in cells:
+      position = todo.index(spec) + 1
+      log.info("[%d/%d] %s %s %s %s ...", position, len(todo), spec.task, name, spec.mode,
+               spec.column)
+      cell_start = time.time()
+      result, records = run_cell(spec, model, inputs, cfg)
+      result["seconds"] = round(time.time() - cell_start, 2)
+      done[spec.key] = store.save(spec, result, records)
+      log.info("[%d/%d] %s %s %s %s: %s in %s (total %s)", position, len(todo), spec.task, name,
+               spec.mode, spec.column, _describe(result), format_duration(result["seconds"]),
+               format_duration(time.time() - start))
+    del model  # frees the weights before the next model loads
+  results = report.write_report([done[spec.key] for spec in plan], cfg, workdir)
+  log.info("wrote %s in %s", ", ".join(results["files"].values()) or "results.json", workdir)
+  return results
