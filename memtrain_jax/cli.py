@@ -1,6 +1,7 @@
 """The `memtrain` command: one entry point, a subcommand per job.
 
   memtrain train --config configs/default.py --workdir runs/default [--config.rl.kl_coef=0 ...]
+  memtrain eval --config configs/eval/cpu_chain.py --workdir runs/eval [--config.models=...]
   memtrain data build --config ... --out DIR
   memtrain serve-retrieval --corpus corpus.jsonl --port 8000
   memtrain chat [--model PATH] [--message TEXT]
@@ -13,6 +14,7 @@ import sys
 
 _COMMANDS = {
     "train": ("memtrain_jax.train", "main"),
+    "eval": ("memtrain_jax.evaluation.cli", "main"),
     "data": ("memtrain_jax.data.cli", "main"),
     "serve-retrieval": ("memtrain_jax.retrieval.server", "main"),
     "chat": ("memtrain_jax.chat", "main"),

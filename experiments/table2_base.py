@@ -1,0 +1,14 @@
+"""Table 2 (multi-hop QA with a search tool), row `table2_base`: see experiments/paper_rows.py for the chain it runs.
+
+  python -m experiments.table2_base --scale cpu                # SmolLM2-135M, bundled data, this CPU
+  python -m experiments.table2_base --scale paper --backbone qwen3_4b --model-path ~/models/...
+
+Writes experiments/results/table2_base_<scale>_*.md|json|png (the row's table, figures and plot).
+"""
+
+import sys
+
+from experiments.paper_rows import row_main
+
+if __name__ == "__main__":
+  sys.exit(row_main("table2_base"))
