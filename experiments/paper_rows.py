@@ -178,7 +178,15 @@ class Chain:
   def evaluate(self, table: str, rows: list[Row], workdir_name: str) -> str:
     """`memtrain eval` of the rows' models for one table; returns its workdir."""
     models = tuple(f"{row.name}={self.model_path(row.stage)}" for row in rows)
-    labels = tuple(f"{row.name}={row.label.format(backbone=self.backbone_label)}" for row in rows)
+    labels = []
+    for row in rows:
+      label = row.label.format(backbone=self.backbone_label)
+      if row.stage is None and table == "table1":  # the base model is read both ways
+        labels += [f"{row.name}:full_context={label}",
+                   f"{row.name}:memory_agent={label} (memory agent)"]
+      else:
+        labels.append(f"{row.name}={label}")
+    labels = tuple(labels)
     workdir = os.path.join(self.root, workdir_name)
     sections = (["--config.long_qa.enabled=false"] if table == "table2" else
                 ["--config.search_qa.enabled=false"])

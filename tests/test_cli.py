@@ -14,7 +14,7 @@ def test_every_subcommand_module_has_a_main():
 
 def test_unknown_command_fails_with_the_list(capsys):
   assert cli.main(["nope"]) == 2
-  assert "choose one of train, data, serve-retrieval, chat" in capsys.readouterr().out
+  assert "choose one of train, eval, data, serve-retrieval, chat" in capsys.readouterr().out
 
 
 def test_help_exits_zero(capsys):
