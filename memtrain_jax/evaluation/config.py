@@ -93,6 +93,8 @@ def eval_config() -> ConfigDict:
   # models not evaluated in a run are ignored.
   cfg.long_qa.full_context_models = ("base",)
   cfg.long_qa.full_context_max_tokens = 120000  # centre truncation of the context (MemAgent)
+  # Prompts per generate call (0 = all); a 120K-token cache row of a 4B model is ~18 GB.
+  cfg.long_qa.full_context_batch_size = 0
   cfg.long_qa.full_context_template = ""  # '' = evaluation.longqa.FULL_CONTEXT_TEMPLATE
   cfg.long_qa.first_answer_only = True  # MemAgent scores against answers[0] only
 
@@ -130,9 +132,6 @@ def eval_config() -> ConfigDict:
 def parse_named(items: Sequence[str], field: str,
                 pattern: re.Pattern = _NAME) -> list[tuple[str, str]]:
   """[(name, value)] of "name=value" strings; errors name the field and the expected form."""
-  if isinstance(items, str):
-    raise ValueError(f"{field} must be a tuple of 'name=value' strings, got the string {items!r}; "
-                     f"write --config.{field}='(\"{items}\",)'")
   out, seen = [], set()
   for i, item in enumerate(items):
     name, sep, value = str(item).partition("=")
@@ -248,6 +247,9 @@ def _validate_long_qa(cfg: ConfigDict, check_paths: bool) -> None:
                      f"{DISTRACTOR_POOLS}")
   if not lq.modes or any(m not in MODES for m in lq.modes):
     raise ValueError(f"long_qa.modes={tuple(lq.modes)}; use a non-empty subset of {MODES}")
+  if lq.full_context_batch_size < 0:
+    raise ValueError(f"long_qa.full_context_batch_size={lq.full_context_batch_size} must be >= 0 "
+                     f"(0 = every question in one call)")
   if lq.full_context_max_tokens <= 0:
     raise ValueError(f"long_qa.full_context_max_tokens={lq.full_context_max_tokens} must be > 0")
   if uses_memagent_files(cfg):

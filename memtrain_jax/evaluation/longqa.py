@@ -182,12 +182,17 @@ def run_full_context_cell(sampler, params, samples: Sequence[rhq.RulerSample], c
     prompts.append(prompt_lib.chat_prompt_tokens(sampler.tokenizer, text, None, prefix))
     lengths.append(n)
     truncated.append(cut)
-  batch = sampler.generate(params, prompts, max_new_tokens=cfg.agent.answer_max_tokens,
-                           seed=derive_seed(cfg.sampling.seed, 3), **_sampling(cfg.sampling))
-  # The prefilled prefix is part of the answer, as in the memory agent's final answers.
-  completions = [(prefix + sampler.tokenizer.decode(batch.tokens[i].tolist(),
-                                                    skip_special_tokens=True)).strip()
-                 for i in range(len(samples))]
+  size = cfg.long_qa.full_context_batch_size or len(prompts)
+  completions = []
+  for start in range(0, len(prompts), size):
+    batch = sampler.generate(params, prompts[start:start + size],
+                             max_new_tokens=cfg.agent.answer_max_tokens,
+                             seed=derive_seed(cfg.sampling.seed, 3, start),
+                             **_sampling(cfg.sampling))
+    # The prefilled prefix is part of the answer, as in the memory agent's final answers.
+    completions += [(prefix + sampler.tokenizer.decode(tokens.tolist(),
+                                                       skip_special_tokens=True)).strip()
+                    for tokens in batch.tokens]
   records = score_records(samples, completions, cfg.long_qa.first_answer_only, question_index)
   for record, n, cut, ids in zip(records, lengths, truncated, prompts):
     record["context_tokens"] = n

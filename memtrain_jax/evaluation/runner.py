@@ -48,7 +48,8 @@ def plan_cells(cfg) -> list[CellSpec]:
     if cfg.long_qa.enabled and name in config_lib.task_models(cfg, "long_qa"):
       lq = cfg.long_qa.to_dict()
       data = _without(lq, "enabled", "models", "lengths", "num_docs", "length_labels", "modes",
-                      "full_context_models", "full_context_max_tokens", "full_context_template")
+                      "full_context_models", "full_context_max_tokens", "full_context_template",
+                      "full_context_batch_size")
       modes = [m for m in config_lib.MODES if m in cfg.long_qa.modes and
                (m == config_lib.MEMORY_AGENT or name in cfg.long_qa.full_context_models)]
       for mode in modes:
@@ -58,6 +59,7 @@ def plan_cells(cfg) -> list[CellSpec]:
           method = {"answer_max_tokens": cfg.agent.answer_max_tokens,
                     "answer_prefix": cfg.agent.answer_prefix,
                     "max_tokens": lq["full_context_max_tokens"],
+                    "batch_size": lq["full_context_batch_size"],
                     "template": lq["full_context_template"]}
         for (kind, value), label in zip(config_lib.length_targets(cfg),
                                         config_lib.length_labels(cfg)):
