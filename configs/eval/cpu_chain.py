@@ -1,16 +1,21 @@
 """CPU-scale evaluation of the MemTrain chain on SmolLM2-135M: long-text QA and search QA.
 
-Command (the base model alone; then the chain's exported checkpoints once they exist):
+Command (the base model on both tables):
   memtrain eval --config configs/eval/cpu_chain.py --workdir runs/eval_cpu
-  memtrain eval --config configs/eval/cpu_chain.py --workdir runs/eval_cpu --config.models='(
-      "base=bundled:smollm2-135m-instruct", "memtrain=runs/memtrain_cpu/hf",
-      "memagent=runs/memagent_cpu/hf", "memtrain_memagent=runs/memtrain_memagent_cpu/hf",
+The chain's exported checkpoints, one table at a time (or experiments/table1_*.py and
+table2_*.py, which train the chain and run these evaluations):
+  memtrain eval --config configs/eval/cpu_chain.py --workdir runs/eval_cpu_table1 \
+      --config.search_qa.enabled=false --config.models='("base=bundled:smollm2-135m-instruct",
+      "memtrain=runs/memtrain_cpu/hf", "memagent=runs/memagent_cpu/hf",
+      "memtrain_memagent=runs/memtrain_memagent_cpu/hf")'
+  memtrain eval --config configs/eval/cpu_chain.py --workdir runs/eval_cpu_table2 \
+      --config.long_qa.enabled=false --config.models='("base=bundled:smollm2-135m-instruct",
       "mem1=runs/mem1_cpu/hf", "memtrain_mem1=runs/memtrain_mem1_cpu/hf")'
-  (one line in the shell; finished cells in the workdir are skipped, so models added later run
-  only their own cells)
+(the models tuple on one line in the shell). Finished cells in a workdir are skipped, so a model
+added later runs only its own cells; long_qa.models / search_qa.models restrict a table to some
+of the models instead.
 
-Table 1 (long_qa.models): base, memtrain, memagent, memtrain_memagent; the base model is also read
-in one window (the full-context baseline). Table 2 (search_qa.models): base, mem1, memtrain_mem1.
+The base model is also read in one window on Table 1 (the full-context baseline).
 
 Data: RULER-HotpotQA built from the bundled HotpotQA dev questions 0..15, held out from task RL
 (configs/memagent_cpu.py and configs/mem1_cpu.py train on questions 16..49; 'selected' distractors
@@ -42,7 +47,6 @@ def get_config():
   # SmolLM2-135M rarely writes \boxed{} on its own; prefilling it lets its answers be scored.
   cfg.agent.answer_prefix = "\\boxed{"
 
-  cfg.long_qa.models = ("base", "memtrain", "memagent", "memtrain_memagent")
   cfg.long_qa.question_start = 0
   cfg.long_qa.question_count = 16
   cfg.long_qa.lengths = (512, 1024, 2048)
@@ -50,7 +54,6 @@ def get_config():
   cfg.long_qa.full_context_models = ("base",)
   cfg.long_qa.full_context_max_tokens = 4096  # within SmolLM2's 8K window; no context needs it
 
-  cfg.search_qa.models = ("base", "mem1", "memtrain_mem1")
   cfg.search_qa.datasets = ("hotpotqa=bundled:hotpotqa-dev-50",)
   cfg.search_qa.question_start = 0
   cfg.search_qa.question_count = 16
