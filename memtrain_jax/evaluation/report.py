@@ -103,6 +103,9 @@ def long_qa_markdown(rows: Sequence[Row], columns: Sequence[str], cfg) -> str:
     headline = " (headline, MemAgent's metric)" if metric == "sub_em" else ""
     parts.append(f"## {_METRIC_TEXT[metric]} (%){headline}\n")
     parts.append(markdown_table(rows, columns, metric))
+  # Only a closed box is an answer (MemAgent's extraction): this explains scores of 0.
+  parts.append("## answers with a closed \\boxed{} (%)\n")
+  parts.append(markdown_table(rows, columns, "boxed_fraction"))
   return "\n".join(parts)
 
 

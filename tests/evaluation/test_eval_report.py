@@ -79,9 +79,11 @@ def test_long_qa_table_cells_are_hand_computed_percentages(written):
   assert "| +MemTrain | 33.33 | – | – |" in sub_em
   em = text.split("## exact match")[1].split("## F1")[0]
   assert "| Base | 50.00 | 25.00 | 37.50 |" in em
-  f1 = text.split("## F1")[1]
+  f1 = text.split("## F1")[1].split("## answers with")[0]
   assert "| Base | 62.50 | 30.00 | 46.25 |" in f1
   assert "| +MemTrain | 8.33 | – | – |" in f1
+  boxed = text.split("## answers with a closed \\boxed{} (%)")[1]
+  assert "| Base | 75.00 | 25.00 | 50.00 |" in boxed  # a prediction wherever sub-EM is 1 here
 
 
 def test_long_qa_rows_list_full_context_before_memory_agent(written):
