@@ -188,10 +188,29 @@ class _LoadedModel:
     return self._samplers.get(kind, self.config, self.tokenizer)
 
 
+class _ProgressSampler:
+  """A sampler that logs each generate call: a cell at 896K tokens makes ~180 of them."""
+
+  def __init__(self, sampler: Sampler, start: float):
+    self._sampler, self._start, self._calls = sampler, start, 0
+
+  def __getattr__(self, name):
+    return getattr(self._sampler, name)
+
+  def generate(self, params, prompts, **kwargs):
+    out = self._sampler.generate(params, prompts, **kwargs)
+    self._calls += 1
+    log.info("    generate call %d: %d completions, longest prompt %d tokens (cell %s)",
+             self._calls, len(out), max(len(p) for p in prompts),
+             format_duration(time.time() - self._start))
+    return out
+
+
 def run_cell(spec: CellSpec, model: _LoadedModel, inputs: _Inputs, cfg) -> tuple[dict, list]:
   """Runs one cell; returns (aggregate result, per-question records)."""
+  start = time.time()
   if spec.task == "search_qa":
-    sampler = model.sampler("search")
+    sampler = _ProgressSampler(model.sampler("search"), start)
     records = searchqa.run_search_cell(sampler, model.params, inputs.tasks(spec.settings["source"]),
                                        inputs.retriever(), cfg)
     return searchqa.aggregate(records), records
@@ -199,7 +218,8 @@ def run_cell(spec: CellSpec, model: _LoadedModel, inputs: _Inputs, cfg) -> tuple
   samples, question_index = inputs.samples(target["kind"], target["value"])
   run = (longqa.run_full_context_cell if spec.mode == config_lib.FULL_CONTEXT
          else longqa.run_memory_agent_cell)
-  records = run(model.sampler("long_qa"), model.params, samples, cfg, question_index)
+  sampler = _ProgressSampler(model.sampler("long_qa"), start)
+  records = run(sampler, model.params, samples, cfg, question_index)
   return longqa.aggregate(records), records
 
 
