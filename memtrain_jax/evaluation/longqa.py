@@ -171,7 +171,8 @@ def full_context_prompt(sample: rhq.RulerSample, counter: TokenCounter, max_toke
 
 def run_full_context_cell(sampler, params, samples: Sequence[rhq.RulerSample], cfg,
                           question_index=lambda s: s.index) -> list[dict]:
-  """One whole-context prompt per sample, all in one generate call; per-question records."""
+  """One whole-context prompt per sample, `full_context_batch_size` prompts per generate call
+  (0 = all in one); returns the per-question records."""
   counter = TokenCounter(sampler.tokenizer)
   template = cfg.long_qa.full_context_template or FULL_CONTEXT_TEMPLATE
   prefix = cfg.agent.answer_prefix
