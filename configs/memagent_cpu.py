@@ -13,7 +13,8 @@ paragraphs to ~512 policy tokens and read in 256-token chunks; the reward is Mem
 \\boxed{} answer's exact match, nothing else (`qa_final_answer`, recall off). G = 4 rollouts per
 question, 2 questions per step, lr 1e-5 (the paper's 1e-6 does not move a 135M model in a few steps).
 
-Expected result: a handful of steps in a few minutes each. A 135M model answers few HotpotQA
+Expected result: 2 steps of a few minutes each on a quiet machine (4 x 2 trajectories of 2-3
+chunks per step). A 135M model answers few HotpotQA
 questions; the yes/no comparison questions give it some reward by chance, so some groups carry
 signal. This checks the task-RL plumbing at small scale; it does not reproduce the paper's gains.
 """
@@ -28,7 +29,9 @@ def get_config(model_path: str = BUNDLED_MODEL):
   cfg.task.name = "long_qa"
   cfg.task.long_qa.question_start = 16
   cfg.task.long_qa.target_tokens = (512,)
-  cfg.task.long_qa.length_tolerance = 0.3  # a paragraph is a fifth of 512 tokens
+  # Training needs no exact lengths: each question takes its closest document count (one long
+  # paragraph can be a third of 512 tokens).
+  cfg.task.long_qa.length_tolerance = 1.0
   cfg.data.chunking.chunk_size = 256
 
   cfg.objectives.end_to_end.name = "qa_final_answer"
@@ -51,7 +54,7 @@ def get_config(model_path: str = BUNDLED_MODEL):
   cfg.optim.lr = 1e-5
   cfg.optim.warmup_steps = 1
 
-  cfg.train.num_steps = 4
+  cfg.train.num_steps = 2
   cfg.train.batch_documents = 2
   cfg.train.dump_rollouts_every = 1
   cfg.train.dump_rollouts_count = 1

@@ -45,9 +45,9 @@ class Stage:
 
 
 def _cpu_stages() -> dict[str, Stage]:
-  # MemTrain at CPU scale: configs/default.py with G1 = G2 = 4, 4 steps and lr 1e-5 (a 135M model
+  # MemTrain at CPU scale: configs/default.py with G1 = G2 = 4, 2 steps and lr 1e-5 (a 135M model
   # does not move at the paper's 1e-6 in a few steps).
-  memtrain = ("--config.train.num_steps=4", "--config.objectives.end_to_end.num_rollouts=4",
+  memtrain = ("--config.train.num_steps=2", "--config.objectives.end_to_end.num_rollouts=4",
               "--config.objectives.recall.num_samples=4", "--config.optim.lr=1e-5",
               "--config.checkpoint.every=2")
   return {
