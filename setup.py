@@ -33,7 +33,9 @@ EXTRAS = {
     "plots": ["matplotlib>=3.8,<4"],
     # torch is the test-time reference only (logit parity with transformers); the package never
     # imports it.
-    "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "torch==2.13.0", "accelerate>=1.10,<2"],
+    # matplotlib: the evaluation's accuracy-vs-length plot is tested too.
+    "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "torch==2.13.0", "accelerate>=1.10,<2",
+             "matplotlib>=3.8,<4"],
 }
 
 setuptools.setup(
