@@ -39,6 +39,8 @@ def get_config():
   cfg.models = ("base=bundled:smollm2-135m-instruct",)
 
   cfg.sampling.temperature = 0.0  # greedy: one deterministic answer per question
+  # 1536 and 3072 fit the full-context prompts of the 1K and 2K contexts (~1.2K, ~2.3K tokens).
+  cfg.sampling.prompt_buckets = (256, 512, 1024, 1536, 2048, 3072, 4096)
 
   cfg.agent.prompt_max_tokens = 448  # the search instructions (~330 tokens) + two questions
   cfg.agent.chunk_size = 256
@@ -53,6 +55,8 @@ def get_config():
   cfg.long_qa.length_tolerance = 0.3  # a paragraph is a fifth of 512 tokens
   cfg.long_qa.full_context_models = ("base",)
   cfg.long_qa.full_context_max_tokens = 4096  # within SmolLM2's 8K window; no context needs it
+  # 16 prompts of 2K tokens in one prefill took 10.6 GB and were OOM-killed; 2 stay under 3 GB.
+  cfg.long_qa.full_context_batch_size = 2
 
   cfg.search_qa.datasets = ("hotpotqa=bundled:hotpotqa-dev-50",)
   cfg.search_qa.question_start = 0
