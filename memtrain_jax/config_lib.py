@@ -13,6 +13,7 @@ import ast
 import difflib
 import importlib.util
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -161,6 +162,38 @@ def base_config() -> ConfigDict:
 
 # ----------------------------------------------------------------------------------------------
 # Loading and overrides.
+
+
+def parse_command_line(prog: str, description: str, argv, validate_fn, *,
+                       config_help: str, workdir_help: str, example_override: str):
+  """The shared front of `memtrain train` / `memtrain eval`: --config, --workdir, overrides.
+
+  Sets up logging (libraries from WARNING, the 'memtrain' logger from INFO), loads and validates
+  the config. Returns (config, workdir), or None after printing "<prog>: bad config: ..." to
+  stderr when the config is bad (the caller exits 2). Unknown arguments exit 2 through argparse,
+  with an example override.
+  """
+  import argparse  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(prog=prog, description=description,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help=config_help)
+  parser.add_argument("--workdir", required=True, help=workdir_help)
+  args, overrides = parser.parse_known_args(argv)
+  bad = [o for o in overrides if not o.startswith(("--config.", "config."))]
+  if bad:
+    parser.error(f"unrecognised arguments {bad}; config overrides look like {example_override}")
+  # Libraries (orbax, bm25s, jax) log a lot at INFO; show theirs from WARNING and ours from INFO.
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
+                      datefmt="%H:%M:%S", force=True)
+  logging.getLogger("memtrain").setLevel(logging.INFO)
+  try:
+    cfg = load_config(args.config, overrides)
+    validate_fn(cfg)
+  except (ValueError, FileNotFoundError, TypeError) as e:
+    print(f"{prog}: bad config: {e}", file=sys.stderr)
+    return None
+  return cfg, args.workdir
 
 
 def _import_get_config(path: str):

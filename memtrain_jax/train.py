@@ -21,7 +21,6 @@ a resumed run reproduces the uninterrupted one.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -445,25 +444,15 @@ def train(cfg, workdir: str) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="memtrain train", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="a configs/*.py file (optionally FILE:arg)")
-  parser.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, export")
-  args, overrides = parser.parse_known_args(argv)
-  bad = [o for o in overrides if not o.startswith(("--config.", "config."))]
-  if bad:
-    parser.error(f"unrecognised arguments {bad}; config overrides look like --config.rl.kl_coef=0")
-  # Libraries (orbax, bm25s, jax) log a lot at INFO; show theirs from WARNING and ours from INFO.
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
-                      datefmt="%H:%M:%S", force=True)
-  log.setLevel(logging.INFO)
-  try:
-    cfg = config_lib.load_config(args.config, overrides)
-    config_lib.validate(cfg)
-  except (ValueError, FileNotFoundError, TypeError) as e:
-    print(f"memtrain train: bad config: {e}", file=sys.stderr)
+  parsed = config_lib.parse_command_line(
+      "memtrain train", __doc__, argv, config_lib.validate,
+      config_help="a configs/*.py file (optionally FILE:arg)",
+      workdir_help="run directory: checkpoints, metrics, export",
+      example_override="--config.rl.kl_coef=0")
+  if parsed is None:
     return 2
-  train(cfg, args.workdir)
+  cfg, workdir = parsed
+  train(cfg, workdir)
   return 0
 
 

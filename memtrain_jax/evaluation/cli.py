@@ -12,38 +12,23 @@ command skips the finished cells.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 
 from memtrain_jax import config_lib
 from memtrain_jax.evaluation import config as eval_config_lib
 from memtrain_jax.evaluation import runner
 
-log = logging.getLogger("memtrain")
-
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="memtrain eval", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="a configs/eval/*.py file (optionally FILE:arg)")
-  parser.add_argument("--workdir", required=True, help="output directory: cells, tables, plot")
-  args, overrides = parser.parse_known_args(argv)
-  bad = [o for o in overrides if not o.startswith(("--config.", "config."))]
-  if bad:
-    parser.error(f"unrecognised arguments {bad}; config overrides look like "
-                 "--config.long_qa.question_count=4")
-  # Libraries (jax, bm25s) log a lot at INFO; show theirs from WARNING and ours from INFO.
-  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s",
-                      datefmt="%H:%M:%S", force=True)
-  log.setLevel(logging.INFO)
-  try:
-    cfg = config_lib.load_config(args.config, overrides)
-    eval_config_lib.validate_eval_config(cfg)
-  except (ValueError, FileNotFoundError, TypeError) as e:
-    print(f"memtrain eval: bad config: {e}", file=sys.stderr)
+  parsed = config_lib.parse_command_line(
+      "memtrain eval", __doc__, argv, eval_config_lib.validate_eval_config,
+      config_help="a configs/eval/*.py file (optionally FILE:arg)",
+      workdir_help="output directory: cells, tables, plot",
+      example_override="--config.long_qa.question_count=4")
+  if parsed is None:
     return 2
-  runner.run_eval(cfg, args.workdir)
+  cfg, workdir = parsed
+  runner.run_eval(cfg, workdir)
   return 0
 
 
