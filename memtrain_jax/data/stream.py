@@ -14,6 +14,24 @@ import numpy as np
 from memtrain_jax.data.pipeline import SHARD_PATTERN
 
 
+def write_single_shard(rows, out_dir: str, stats: dict) -> dict:
+  """Writes JSON rows as the one shard a `DocumentStream` reads, plus stats.json; returns stats.
+
+  For data sets built outside the MemTrain pipeline (task-RL documents and search tasks).
+  """
+  rows = list(rows)
+  if not rows:
+    raise ValueError(f'no documents to write to {out_dir}')
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, SHARD_PATTERN.format(0)), 'w', encoding='utf-8') as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + '\n')
+  stats = {'documents': len(rows), **stats}
+  with open(os.path.join(out_dir, 'stats.json'), 'w', encoding='utf-8') as f:
+    json.dump(stats, f, indent=2)
+  return stats
+
+
 class DocumentStream:
   """Endless iterator over the documents in `data_dir`, epoch by epoch."""
 

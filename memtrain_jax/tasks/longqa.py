@@ -24,7 +24,7 @@ import numpy as np
 
 from memtrain_jax import rewards
 from memtrain_jax.data.chunking import chunk_document
-from memtrain_jax.data.pipeline import SHARD_PATTERN
+from memtrain_jax.data.stream import write_single_shard
 from memtrain_jax.data.tokens import TokenCounter
 from memtrain_jax.tasks import ruler_hotpotqa as rhq
 
@@ -83,17 +83,9 @@ def build_documents(samples: Sequence[rhq.RulerSample], tokenizer, chunk_size: i
 
 def write_documents(documents: Sequence[dict], out_dir: str, info: dict | None = None) -> str:
   """Writes documents as one `DocumentStream` shard plus a stats.json; returns `out_dir`."""
-  if not documents:
-    raise ValueError(f"no documents to write to {out_dir}")
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, SHARD_PATTERN.format(0)), "w", encoding="utf-8") as f:
-    for doc in documents:
-      f.write(json.dumps(doc, ensure_ascii=False) + "\n")
-  chunks = [len(d["chunks"]) for d in documents]
-  stats = {"documents": len(documents), "chunks_mean": float(np.mean(chunks)),
-           "chunks_max": int(max(chunks)), **(info or {})}
-  with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as f:
-    json.dump(stats, f, indent=2)
+  chunks = [len(d["chunks"]) for d in documents] or [0]
+  write_single_shard(documents, out_dir, {"chunks_mean": float(np.mean(chunks)),
+                                          "chunks_max": int(max(chunks)), **(info or {})})
   return out_dir
 
 

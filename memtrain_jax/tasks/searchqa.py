@@ -93,19 +93,11 @@ def load_tasks(source: str, *, questions_per_task: int = 2, start: int = 0,
 
 def write_tasks(tasks: list[search_env.SearchTask], out_dir: str, info: dict | None = None) -> dict:
   """Writes tasks as one `DocumentStream` shard (one JSON row per task) plus a stats.json."""
-  from memtrain_jax.data.pipeline import SHARD_PATTERN
-  if not tasks:
-    raise ValueError(f"no search tasks to write to {out_dir}")
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, SHARD_PATTERN.format(0)), "w", encoding="utf-8") as f:
-    for i, task in enumerate(tasks):
-      row = {"id": task.task_id or str(i), "questions": list(task.questions),
-             "golds": [list(g) for g in task.golds]}
-      f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  report = {"documents": len(tasks), "questions_per_task": len(tasks[0].questions), **(info or {})}
-  with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
-  return report
+  from memtrain_jax.data.stream import write_single_shard
+  rows = [{"id": task.task_id or str(i), "questions": list(task.questions),
+           "golds": [list(g) for g in task.golds]} for i, task in enumerate(tasks)]
+  questions = len(tasks[0].questions) if tasks else 0
+  return write_single_shard(rows, out_dir, {"questions_per_task": questions, **(info or {})})
 
 
 def task_from_row(row: Mapping) -> search_env.SearchTask:
