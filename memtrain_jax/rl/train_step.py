@@ -136,19 +136,23 @@ def make_optimizer(cfg, updates_per_step: int = 1) -> optax.GradientTransformati
 
 
 def policy_logprobs(model_config: ModelConfig, params: Params, batch_micro: Batch, *,
-                    chunk_size: int, compute_entropy: bool = False
-                    ) -> tuple[jax.Array, jax.Array | None]:
+                    chunk_size: int, compute_entropy: bool = False,
+                    loss_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
   """Log-probs of `targets` (and entropy) for one packed micro-batch, [B, L] float32 each.
 
   The hidden states go through the output projection chunk by chunk (`chunked_token_logprobs`),
-  so the [B, L, V] logits never exist at once.
+  so the [B, L, V] logits never exist at once. With `loss_mask`, only the tokens it marks get
+  log-probs (the others are 0), which is all the loss reads.
   """
   hidden = decoder.forward_hidden(model_config, params, batch_micro["tokens"],
                                   positions=batch_micro["positions"],
                                   segment_ids=batch_micro["segment_ids"])
-  w = unembedding(model_config, params).astype(model_config.dtype)
+  # A tied embedding is used as the [V, D] matrix it is: its transpose would be a copy.
+  tied = model_config.tie_embeddings
+  w = (params["embed"] if tied else unembedding(model_config, params)).astype(model_config.dtype)
   return chunked_token_logprobs(hidden, w, batch_micro["targets"], chunk_size=chunk_size,
-                                compute_entropy=compute_entropy)
+                                compute_entropy=compute_entropy, loss_mask=loss_mask,
+                                vocab_major=tied)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,7 +282,8 @@ def make_train_step(model_config: ModelConfig, loss_config: loss_lib.LossConfig,
     loss_config: the PPO-clip objective; with kl_coef != 0 the batch needs a 'ref_logp' field.
     optimizer: from `make_optimizer` (any optax transformation works).
     mesh: the ('data', 'fsdp', 'tensor') training mesh.
-    chunk_size: sequence positions per chunk of the output projection (`chunked_token_logprobs`).
+    chunk_size: sequence positions per chunk of the output projection (`chunked_token_logprobs`;
+      a chunk holds chunk_size * micro_batch tokens). Only loss tokens are projected.
     compute_entropy: report the policy entropy on loss tokens (costs one more pass over each
       chunk's logits, no extra memory).
     rules: parameter sharding rules.
@@ -298,7 +303,7 @@ def make_train_step(model_config: ModelConfig, loss_config: loss_lib.LossConfig,
 
   def terms_fn(params, micro):
     logp, entropy = policy_logprobs(model_config, params, micro, chunk_size=chunk_size,
-                                    compute_entropy=compute_entropy)
+                                    compute_entropy=compute_entropy, loss_mask=micro["loss_mask"])
     return loss_lib.ppo_loss_terms(
         logp, micro["old_logp"], micro["advantages"], micro["loss_mask"], micro["row_num_tokens"],
         loss_config, ref_logp=micro.get("ref_logp"), entropy=entropy)

@@ -90,3 +90,76 @@ def test_peak_temp_memory_below_full_logits():
   full_shape = f"[{batch},{length},{vocab}]"
   assert full_shape in naive.as_text()
   assert full_shape not in chunked.as_text()
+
+
+def _masked_inputs(batch=3, length=21, dim=8, vocab=37, seed=3):
+  hidden, unembedding, targets = _inputs(batch, length, dim, vocab, seed)
+  rng = np.random.default_rng(seed)
+  mask = np.zeros((batch, length), np.float32)
+  for row in range(batch):  # a completion at the end of each row, of varying length
+    mask[row, rng.integers(length // 3, length):] = 1.0
+  return hidden, unembedding, targets, jnp.asarray(mask)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64])
+def test_loss_mask_values_and_gradients(chunk_size):
+  """Only masked tokens are computed (the rest are 0); their values and gradients are exact."""
+  hidden, unembedding, targets, mask = _masked_inputs()
+  weights = jax.random.normal(jax.random.key(8), targets.shape)
+
+  def objective(masked):
+    def f(h, w):
+      logp, entropy = chunked_token_logprobs(h, w, targets, chunk_size=chunk_size,
+                                             compute_entropy=True,
+                                             loss_mask=mask if masked else None)
+      return jnp.sum(mask * weights * logp) + 0.3 * jnp.sum(mask * entropy), (logp, entropy)
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+  (_, (logp, entropy)), grads = objective(True)(hidden, unembedding)
+  ref_logp, ref_entropy = _naive(hidden, unembedding, targets)
+  on = np.asarray(mask) > 0
+  np.testing.assert_allclose(np.where(on, ref_logp, 0.0), logp, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(np.where(on, ref_entropy, 0.0), entropy, atol=1e-5, rtol=1e-5)
+  (_, _), ref_grads = objective(False)(hidden, unembedding)
+  for got, want in zip(grads, ref_grads):
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_empty_loss_mask_gives_zeros():
+  hidden, unembedding, targets, _ = _masked_inputs()
+  mask = jnp.zeros(targets.shape)
+  f = lambda h, w: chunked_token_logprobs(h, w, targets, chunk_size=4, loss_mask=mask)[0].sum()
+  value, grads = jax.value_and_grad(f, argnums=(0, 1))(hidden, unembedding)
+  assert float(value) == 0.0
+  assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in grads)
+
+
+def test_vocab_major_matches_and_skips_the_transpose():
+  """A [V, D] (tied embedding) matrix gives the same values and the gradient in its own layout."""
+  hidden, unembedding, targets, mask = _masked_inputs()
+  embedding = unembedding.T
+
+  def loss(w, vocab_major):
+    logp, _ = chunked_token_logprobs(hidden, w, targets, chunk_size=5, loss_mask=mask,
+                                     vocab_major=vocab_major)
+    return jnp.sum(logp)
+
+  np.testing.assert_allclose(loss(embedding, True), loss(unembedding, False), rtol=1e-6)
+  grad_vd = jax.grad(loss)(embedding, True)
+  assert grad_vd.shape == embedding.shape
+  np.testing.assert_allclose(grad_vd, jax.grad(loss)(unembedding, False).T, atol=1e-6)
+
+
+def test_stopped_entropy_leaves_the_logp_gradient():
+  """An entropy behind stop_gradient (a symbolic-zero cotangent) contributes no gradient."""
+  hidden, unembedding, targets, mask = _masked_inputs()
+
+  def loss(h, w, entropy_weight):
+    logp, entropy = chunked_token_logprobs(h, w, targets, chunk_size=4, compute_entropy=True,
+                                           loss_mask=mask)
+    return jnp.sum(logp) + entropy_weight * jnp.sum(entropy)
+
+  stopped = lambda h, w: loss(h, w, 0.0) + 0.0 * jax.lax.stop_gradient(loss(h, w, 1.0))
+  for got, want in zip(jax.grad(stopped, argnums=(0, 1))(hidden, unembedding),
+                       jax.grad(loss, argnums=(0, 1))(hidden, unembedding, 0.0)):
+    np.testing.assert_allclose(got, want, atol=1e-6)
