@@ -26,9 +26,16 @@ prefilled "\\boxed{"; search: 3 turns, replies of 96 tokens, passages of 192). G
 
 Hardware: 2 CPU cores, 8 GB of memory, no accelerator.
 
-Expected result: see "Measured" below. SmolLM2-135M is far too small for multi-hop QA: its scores
-are near 0 except for yes/no questions and the odd copied entity, so this run checks the harness
-and the chain's plumbing end to end, not the paper's gains.
+Expected result, measured for the base model alone (7 cells: memory agent and full context at
+512 / 1K / 2K, search QA), on 2 CPU cores shared with other jobs (load average 8-11, so this
+process got ~40% of one core): 59 min of cell time (memory agent 6:21 / 9:17 / 14:07, full context
+2:59 / 5:49 / 17:22, search 2:42); the last 4 cells took 29 min of wall time and 14 min of CPU
+time (user + sys). Each extra SmolLM2-sized model costs about the same again, minus the compiles it
+shares with the first (samplers are shared). Every score is
+0.00: SmolLM2-135M almost never closes the prefilled \\boxed{ (1 of 96 long-QA answers did) and
+answered none of the 8 search tasks (0.12 searches, 3 turns per episode), so this run checks the
+harness and the chain's plumbing end to end, not the paper's gains; the report's "closed
+\\boxed{}" table shows why the scores are 0.
 """
 
 from memtrain_jax.evaluation.config import eval_config
