@@ -75,11 +75,25 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
   return out.astype(x.dtype)
 
 
+def _dense(x: jax.Array, w: jax.Array, in_axes: int = 1) -> jax.Array:
+  """x [..., *w.shape[:in_axes]] @ w -> [..., *w.shape[in_axes:]], as one 2-D matmul.
+
+  The leading axes of `x` and the weight's input and output axes are flattened first (free
+  reshapes of contiguous arrays). With the 3-D einsum instead, XLA:CPU computes the weight gradient
+  as a dot contracting over (batch, length) and transposes the whole [batch * length, out]
+  cotangent first; the 2-D form backpropagates as two plain GEMMs, with no transpose.
+  """
+  k = int(np.prod(w.shape[:in_axes]))
+  lead = x.shape[:x.ndim - in_axes]
+  y = x.reshape(-1, k) @ w.reshape(k, -1)
+  return y.reshape(*lead, *w.shape[in_axes:])
+
+
 def _project_qkv(config: ModelConfig, lp: Params, x: jax.Array, cos, sin):
   dtype = config.dtype
-  q = jnp.einsum("btd,dhk->bthk", x, lp["wq"].astype(dtype))
-  k = jnp.einsum("btd,dhk->bthk", x, lp["wk"].astype(dtype))
-  v = jnp.einsum("btd,dhk->bthk", x, lp["wv"].astype(dtype))
+  q = _dense(x, lp["wq"].astype(dtype))
+  k = _dense(x, lp["wk"].astype(dtype))
+  v = _dense(x, lp["wv"].astype(dtype))
   if config.qkv_bias:
     q = q + lp["bq"].astype(dtype)
     k = k + lp["bk"].astype(dtype)
@@ -108,16 +122,41 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   Query block i only attends to keys [0, (i + 1) * block): about half of the score matrix is never
   computed, nor softmaxed, which matters because XLA:CPU materialises the scores in float32.
   """
-  t = q.shape[1]
-  if t <= block:
-    return attention(q, k, v, mask)
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+  t = q.shape[1]
   outs = []
   for start in range(0, t, block):
     end = min(start + block, t)
-    outs.append(cached_attention(q[:, start:end], k[:, :, :end], v[:, :, :end],
+    outs.append(_attention_block(q[:, start:end], k[:, :, :end], v[:, :, :end],
                                  mask[:, start:end, :end]))
-  return jnp.concatenate(outs, axis=1)
+  return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
+
+
+def _attention_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """`cached_attention` for training: q [B,T,H,D]; k, v [B,K,S,D]; mask [B,T,S] -> [B,T,H,D].
+
+  The same grouped heads-major matmuls, with fewer passes over the f32 [.., T, S] scores, which
+  XLA:CPU materialises between the two matmuls: the 1/sqrt(D) scale goes on q (exact for a
+  power-of-two D), and the softmax normalisation is applied to the [.., T, D] output rather than
+  to the probabilities.
+  """
+  b, t, h, d = q.shape
+  kv_heads = k.shape[1]
+  # [B, K, G*T, D]: the query heads of one KV head and all positions as the rows of one matmul.
+  q = q * jnp.asarray(1.0 / np.sqrt(d), q.dtype)
+  q = q.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
+  q = q.reshape(b, kv_heads, (h // kv_heads) * t, d)
+  scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+  scores = scores.reshape(b, kv_heads, h // kv_heads, t, -1)
+  scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+  # The max only keeps exp() in range: softmax does not depend on it, so it needs no gradient.
+  top = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+  unnormalized = jnp.exp(scores - top)
+  norm = jnp.sum(unnormalized, axis=-1, keepdims=True)
+  unnormalized = unnormalized.astype(v.dtype).reshape(b, kv_heads, (h // kv_heads) * t, -1)
+  out = jnp.einsum("bkqs,bksd->bkqd", unnormalized, v, preferred_element_type=jnp.float32)
+  out = (out.reshape(b, kv_heads, h // kv_heads, t, d) / norm).astype(v.dtype)
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -137,11 +176,37 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) 
   return out.reshape(b, t, h, d)
 
 
+@jax.custom_vjp
+def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+  """silu(gate) * up, with a hand-written gradient.
+
+  Autodiff keeps sigmoid(gate) and silu(gate) as extra [tokens, mlp] arrays, each one more pass
+  over memory in the forward; here the forward is one fused pass and the backward recomputes the
+  sigmoid inside the pass that forms both cotangents.
+  """
+  return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+  return _swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(residuals, d_out):
+  gate, up = residuals
+  g32, u32, d32 = (x.astype(jnp.float32) for x in (gate, up, d_out))
+  sig = jax.nn.sigmoid(g32)
+  d_gate = d32 * u32 * sig * (1.0 + g32 * (1.0 - sig))
+  return d_gate.astype(gate.dtype), (d32 * g32 * sig).astype(up.dtype)
+
+
+_swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 def _mlp(config: ModelConfig, lp: Params, x: jax.Array) -> jax.Array:
   dtype = config.dtype
-  gate = x @ lp["w_gate"].astype(dtype)
-  up = x @ lp["w_up"].astype(dtype)
-  return (jax.nn.silu(gate) * up) @ lp["w_down"].astype(dtype)
+  gate = _dense(x, lp["w_gate"].astype(dtype))
+  up = _dense(x, lp["w_up"].astype(dtype))
+  return _dense(_swiglu(gate, up), lp["w_down"].astype(dtype))
 
 
 def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, write_index=None):
@@ -160,7 +225,7 @@ def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, wr
     k_all, v_all = write(kv_cache["k"], k), write(kv_cache["v"], v)
     new_cache = {"k": k_all, "v": v_all}
     attn = cached_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask)
-  x = x + jnp.einsum("bthk,hkd->btd", attn, lp["wo"].astype(config.dtype))
+  x = x + _dense(attn, lp["wo"].astype(config.dtype), in_axes=2)
   h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
   x = x + _mlp(config, lp, h)
   return x, new_cache
