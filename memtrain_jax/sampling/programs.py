@@ -4,9 +4,9 @@ Both take the weights as an argument, so one compiled program serves every polic
 are the only static facts: the padded batch, the prompt bucket and the completion buffer. The
 `Sampler` wraps them in `jax.jit` and donates the cache to the decode loop.
 
-Cache layout: the model's own (`models.init_cache`): per layer [B, kv_heads, capacity, head_dim],
-or stacked with a leading layers axis. Slots [0, P) hold the left-padded prompt, slot P + i the
-i-th completion token's K/V.
+Cache layout: the model's own (`models.init_cache`): per layer V [B, kv_heads, capacity, head_dim]
+and K transposed, [B, kv_heads, head_dim, capacity], or stacked with a leading layers axis. Slots
+[0, P) hold the left-padded prompt, slot P + i the i-th completion token's K/V.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import jax.numpy as jnp
 
 from memtrain_jax import models
 from memtrain_jax.models.config import ModelConfig
+from memtrain_jax.models.decoder import CACHE_SLOT_AXIS
 from memtrain_jax.sampling.logits import SamplingParams, TokenChoice, choose_tokens
 from memtrain_jax.sampling.stops import StopSpec, hits_stop
 
 
 def _batch_axis(x: jax.Array) -> int:
-  return x.ndim - 4  # [(layers,) batch, kv_heads, slots, head_dim]
+  return x.ndim - 4  # [(layers,) batch, kv_heads, slots or head_dim, head_dim or slots]
 
 
 def prefill(config: ModelConfig, params: Any, tokens: jax.Array, cache_start: jax.Array,
@@ -50,14 +51,14 @@ def prefill(config: ModelConfig, params: Any, tokens: jax.Array, cache_start: ja
   # Left padding puts every prompt's last token in the last column.
   logits = models.logits_from_hidden(config, params, hidden[:, -1])
 
-  def expand(x):
+  def expand(path, x):
     x = jnp.take(x, row_source, axis=_batch_axis(x))
     pad = [(0, 0)] * x.ndim
-    pad[_batch_axis(x) + 2] = (0, capacity - prompt_len)
+    pad[CACHE_SLOT_AXIS[path[-1].key]] = (0, capacity - prompt_len)
     x = jnp.pad(x, pad)
     return x if cache_sharding is None else jax.lax.with_sharding_constraint(x, cache_sharding(x))
 
-  cache = jax.tree.map(expand, cache)
+  cache = jax.tree_util.tree_map_with_path(expand, cache)
   return cache, jnp.take(logits, row_source, axis=0), jnp.take(cache_start, row_source, axis=0)
 
 

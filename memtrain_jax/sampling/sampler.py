@@ -34,6 +34,8 @@ from memtrain_jax.sampling import batching, programs
 from memtrain_jax.sampling.logits import SamplingParams
 from memtrain_jax.sampling.stops import build_stop_spec, cut_at_stop_string
 
+# The V cache's axes. K is stored [..., head_dim, length]; both of those axes are unsharded, so one
+# spec serves both arrays.
 _CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", "cache_head_dim")
 
 
