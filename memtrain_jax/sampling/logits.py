@@ -3,6 +3,12 @@
 Every knob is a traced scalar, so one compiled decode program serves every setting. The
 branches that cost something (sorting the vocabulary for top-k/top-p, drawing random numbers) sit
 under `lax.cond` on those scalars and run only when a setting needs them.
+
+This runs once per decode step over [batch, vocab] float32 logits, so it is written as a few
+passes of plain reductions: the first argmax as a max and a min (XLA:CPU's variadic (value, index)
+reduce behind `jnp.argmax` is several times slower), log-probabilities of the chosen token only,
+and sampling by inverting the CDF with one uniform number per row rather than drawing a Gumbel
+variate for every vocabulary entry (threefry over the whole vocabulary cost ~5x a greedy step).
 """
 
 from __future__ import annotations
@@ -58,12 +64,62 @@ class TokenChoice(NamedTuple):
   sampling_logprobs: jax.Array  # float32 [B]: log q(token) under the distribution sampled from
 
 
+def first_argmax(x: jax.Array, x_max: jax.Array) -> jax.Array:
+  """`jnp.argmax(x, -1)` (the first maximal entry) given the row maxima x_max [B]; int32 [B]."""
+  vocab = x.shape[-1]
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  first = jnp.min(jnp.where(x == x_max[:, None], iota, vocab), axis=-1)
+  return jnp.minimum(first, vocab - 1)  # a NaN row matches nothing; keep the index in range
+
+
+def _last_positive(x: jax.Array) -> jax.Array:
+  """Index of the last entry > 0 of each row of x [B, N] (0 when there is none)."""
+  iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  return jnp.maximum(jnp.max(jnp.where(x > 0, iota, -1), axis=-1), 0)
+
+
+def sample_inverse_cdf(weights: jax.Array, key: jax.Array, block: int = 256) -> jax.Array:
+  """One index per row of weights [B, V] (>= 0, unnormalised) with probability weight / row sum.
+
+  Draws one uniform u per row and returns the first index whose cumulative weight exceeds u times
+  the total, in two levels so that no scan runs over the whole vocabulary: the block of `block`
+  entries where the cumulative weight crosses, then the entry within that block. An index of zero
+  weight is never returned (rounding at the ends is clamped to the last positive entry).
+  """
+  rows, vocab = weights.shape
+  num_blocks = -(-vocab // block)
+  padded = jnp.pad(weights, ((0, 0), (0, num_blocks * block - vocab)))
+  blocks = padded.reshape(rows, num_blocks, block)
+  block_mass = jnp.sum(blocks, axis=-1)
+  block_cum = jnp.cumsum(block_mass, axis=-1)  # [B, num_blocks]
+  target = jax.random.uniform(key, (rows,), jnp.float32) * block_cum[:, -1]
+  # Leading zero-weight blocks (and entries) have cumulative weight <= target, so they are passed.
+  j = jnp.sum(block_cum <= target[:, None], axis=-1).astype(jnp.int32)
+  j = jnp.minimum(j, _last_positive(block_mass))
+  before = jnp.where(j > 0, jnp.take_along_axis(block_cum, jnp.maximum(j - 1, 0)[:, None],
+                                                axis=-1)[:, 0], 0.0)
+  inner = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]  # [B, block]
+  rest = jnp.maximum(target - before, 0.0)
+  i = jnp.sum(jnp.cumsum(inner, axis=-1) <= rest[:, None], axis=-1).astype(jnp.int32)
+  i = jnp.minimum(i, _last_positive(inner))
+  return j * block + i
+
+
+def _row_logsumexp(x: jax.Array, x_max: jax.Array) -> jax.Array:
+  # As jax.nn.log_softmax: max + log(sum(exp(x - max))), without the [B, V] result.
+  return x_max + jnp.log(jnp.sum(jnp.exp(x - x_max[:, None]), axis=-1))
+
+
+def _pick(x: jax.Array, tokens: jax.Array) -> jax.Array:
+  return jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
+
+
 def choose_tokens(logits: jax.Array, key: jax.Array, params: SamplingParams) -> TokenChoice:
   """Samples one token per row from float32 logits [B, V]."""
-  policy_logp = jax.nn.log_softmax(logits, axis=-1)
+  policy_max = jnp.max(logits, axis=-1)
 
   def greedy(_):
-    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    tokens = first_argmax(logits, policy_max)
     # Greedy is a point mass: the sampling distribution gives the chosen token probability 1.
     return tokens, jnp.zeros(tokens.shape, jnp.float32)
 
@@ -72,10 +128,10 @@ def choose_tokens(logits: jax.Array, key: jax.Array, params: SamplingParams) -> 
     truncate = (params.top_k > 0) | (params.top_p < 1.0)
     scaled = jax.lax.cond(truncate, lambda s: truncate_logits(s, params.top_p, params.top_k),
                           lambda s: s, scaled)
-    tokens = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-    sampling_logp = jax.nn.log_softmax(scaled, axis=-1)
-    return tokens, jnp.take_along_axis(sampling_logp, tokens[:, None], axis=-1)[:, 0]
+    scaled_max = jnp.max(scaled, axis=-1)
+    tokens = sample_inverse_cdf(jnp.exp(scaled - scaled_max[:, None]), key)
+    return tokens, _pick(scaled, tokens) - _row_logsumexp(scaled, scaled_max)
 
   tokens, sampling_logprobs = jax.lax.cond(params.temperature <= 0.0, greedy, sample, None)
-  logprobs = jnp.take_along_axis(policy_logp, tokens[:, None], axis=-1)[:, 0]
+  logprobs = _pick(logits, tokens) - _row_logsumexp(logits, policy_max)
   return TokenChoice(tokens, logprobs, sampling_logprobs)
