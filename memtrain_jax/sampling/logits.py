@@ -38,24 +38,68 @@ class SamplingParams(NamedTuple):
     return cls(np.float32(temperature), np.float32(top_p), np.int32(top_k))
 
 
+def _order_keys(x: jax.Array) -> jax.Array:
+  """int32 keys in the order of float32 x: a >= b exactly when key(a) >= key(b) (no NaNs)."""
+  x = jnp.where(x == 0, 0.0, x)  # -0.0 == 0.0 as floats; give both the key of +0.0
+  bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+  return jnp.where(bits >= 0, bits, bits ^ jnp.int32(0x7FFFFFFF))
+
+
+def _midpoint(lo: jax.Array, hi: jax.Array) -> jax.Array:
+  return (lo & hi) + ((lo ^ hi) >> 1)  # floor((lo + hi) / 2) without int32 overflow
+
+
+def _bisect(pred, lo: jax.Array, hi: jax.Array) -> jax.Array:
+  """The smallest t in (lo, hi] with pred(t) [B] true, given pred false at lo, true at hi, and
+  pred monotone; 32 halvings cover any int32 interval."""
+  def halve(_, bounds):
+    lo, hi = bounds
+    mid = _midpoint(lo, hi)
+    ok = pred(mid) | (mid == hi)
+    return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+  return jax.lax.fori_loop(0, 32, halve, (lo, hi))[1]
+
+
 def truncate_logits(logits: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
   """Sets logits outside the top-k, then outside the top-p nucleus, to -inf ([B, V] float32).
 
   Order as in `transformers`: top-k first, then top-p over the renormalised top-k set. The most
   likely token always survives. Ties at the threshold are kept.
+
+  Equivalent to sorting the vocabulary, without the sort (which cost ~1 s per decode step at
+  batch 32 and vocabulary 49152 on a CPU): both thresholds are found by bisection over the
+  order-preserving integer keys of the float32 logits, one masked count or sum over the
+  vocabulary per halving.
+  - The k-th largest logit v_k is the largest t with #{x >= t} >= k.
+  - Sorted descending, a token is in the nucleus when the top-k probability mass ranked above it
+    is below top_p. For the first of a run of equal logits v that mass is M(v), the mass of the
+    logits > v, and it only grows along the run; so the last nucleus token's logit (the
+    threshold) is the smallest logit v >= v_k with M(v) < top_p.
   """
   vocab = logits.shape[-1]
-  ordered = -jnp.sort(-logits, axis=-1)  # descending
-  rank = jnp.arange(vocab, dtype=jnp.int32)
-  k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-  ordered_k = jnp.where(rank[None, :] < k, ordered, -jnp.inf)
-  probs = jax.nn.softmax(ordered_k, axis=-1)
-  mass_before = jnp.cumsum(probs, axis=-1) - probs
-  # A token is in the nucleus when the mass of the tokens ranked above it is below top_p.
-  count = jnp.sum((mass_before < top_p) & (rank[None, :] < k), axis=-1)
-  count = jnp.maximum(count, 1)
-  threshold = jnp.take_along_axis(ordered, (count - 1)[:, None], axis=-1)
-  return jnp.where(logits >= threshold, logits, -jnp.inf)
+  keys = _order_keys(logits)
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab).astype(jnp.int32)
+  count_at_least = lambda t: jnp.sum(keys >= t[:, None], axis=-1, dtype=jnp.int32)
+  lowest, highest = jnp.min(keys, axis=-1), jnp.max(keys, axis=-1)
+  # Largest t with count_at_least(t) >= k, i.e. the smallest t with count_at_least(t + 1) < k.
+  key_k = _bisect(lambda t: count_at_least(t + 1) < k, lowest - 1, highest)
+  # Top-k probabilities, unnormalised: every logit above v_k, and v_k as often as it fills k.
+  weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+  above = keys > key_k[:, None]
+  at_k = jnp.max(jnp.where(keys == key_k[:, None], weights, 0.0), axis=-1)
+  total = (jnp.sum(jnp.where(above, weights, 0.0), axis=-1)
+           + (k - jnp.sum(above, axis=-1, dtype=jnp.int32)).astype(jnp.float32) * at_k)
+  mass_above = lambda t: jnp.sum(jnp.where(keys > t[:, None], weights, 0.0), axis=-1)
+  in_nucleus = lambda t: mass_above(t) < top_p * total
+
+  def nucleus_threshold(_):
+    # The smallest t >= key_k with in_nucleus(t); it holds at the largest logit (mass 0 above).
+    return jnp.where(in_nucleus(key_k), key_k, _bisect(in_nucleus, key_k, highest))
+
+  # top_p = 1 keeps the whole top-k set (a float32 sum would drop a tail below its rounding).
+  threshold = jax.lax.cond(top_p < 1.0, nucleus_threshold, lambda _: key_k, None)
+  return jnp.where(keys >= threshold[:, None], logits, -jnp.inf)
 
 
 class TokenChoice(NamedTuple):

@@ -157,22 +157,29 @@ def test_more_rows_than_the_largest_batch_bucket(params, sampler):
       np.testing.assert_array_equal(together.tokens[3 * i + s], alone.tokens[0])
 
 
-def test_truncate_logits_matches_a_numpy_reference():
+@pytest.mark.parametrize("kind", ["normal", "ties", "minus_inf"])
+def test_truncate_logits_matches_a_numpy_reference(kind):
   rng = np.random.default_rng(0)
   logits = rng.standard_normal((5, 40)).astype(np.float32) * 3
-  for top_p, top_k in [(1.0, 0), (0.7, 0), (1.0, 5), (0.5, 8), (0.01, 0), (1.0, 1)]:
+  if kind == "ties":  # runs of equal logits, also at the top-k and nucleus thresholds
+    logits = rng.integers(-3, 3, size=(5, 40)).astype(np.float32)
+  elif kind == "minus_inf":
+    logits[rng.random((5, 40)) < 0.3] = -np.inf
+    logits[:, 0] = 0.5  # at least one finite logit per row
+  for top_p, top_k in [(1.0, 0), (0.7, 0), (1.0, 5), (0.5, 8), (0.01, 0), (1.0, 1), (0.9, 3)]:
     got = np.asarray(truncate_logits(jnp.asarray(logits), np.float32(top_p), np.int32(top_k)))
     for row, g in zip(logits, got):
+      # Sort, keep the top k, then the ranks whose top-k mass ranked above is below top_p
+      # (top_p = 1: all of them); every logit equal to the last kept one is kept too.
       order = np.argsort(-row, kind="stable")
-      keep = np.zeros(40, bool)
-      k = top_k if top_k > 0 else 40
-      kept = order[:k]
-      p = np.exp(row[kept] - row[kept].max())
-      p /= p.sum()
-      before = np.cumsum(p) - p
-      keep[kept[before < top_p]] = True
-      keep[order[0]] = True
-      np.testing.assert_array_equal(np.isfinite(g), keep, err_msg=f"{top_p} {top_k}")
+      kept = order[:top_k if top_k > 0 else 40]
+      if top_p < 1.0:
+        p = np.exp(row[kept] - row[kept].max())
+        p /= p.sum()
+        before = np.cumsum(p) - p
+        kept = kept[:max(1, int(np.sum(before < top_p)))]
+      keep = (row >= row[kept].min()) & np.isfinite(row)
+      np.testing.assert_array_equal(np.isfinite(g), keep, err_msg=f"{kind} {top_p} {top_k}")
       np.testing.assert_array_equal(g[keep], row[keep])
 
 
