@@ -11,7 +11,7 @@ a single chunk keeps its logits from the forward pass instead (one GEMM fewer).
 Only the tokens that carry a loss need log-probs. Given a `loss_mask`, each row's loss tokens are
 moved to its front (a stable gather within the row), and only the positions up to the last loss
 token of any row are projected: whole chunks past it are skipped, and in the chunk where it falls
-the computed positions are rounded up to an eighth of the chunk (`lax.switch` over static sizes).
+the computed positions are rounded up to a sixteenth of the chunk (`lax.switch` over static sizes).
 The cost of the output projection then follows the completions rather than the padded batch.
 """
 
@@ -76,7 +76,7 @@ def _chunk_backward(hidden, weight, targets, lse, entropy, g_logp, g_entropy, vo
 
 # A chunk's computed positions are rounded up to a multiple of chunk / _BUCKETS (one `lax.switch`
 # branch per multiple), so a chunk that is only partly loss tokens costs little more than its part.
-_BUCKETS = 8
+_BUCKETS = 16
 
 
 def _buckets(chunk: int) -> tuple[int, list[int]]:
