@@ -37,15 +37,18 @@ def _chunk_forward(hidden, weight, targets, vocab_major: bool, compute_entropy: 
   top = jnp.max(logits, axis=-1, keepdims=True)
   shifted = logits - top
   exp = jnp.exp(shifted)
-  norm = jnp.sum(exp, axis=-1)
-  log_norm = jnp.log(norm)
-  logp = jnp.take_along_axis(shifted, targets[:, None], axis=-1)[:, 0] - log_norm
   if compute_entropy:
-    # H = -sum p (shifted - log_norm) = log_norm - sum(exp * shifted) / norm: the same pass of
-    # exponentials as the normaliser.
-    entropy = log_norm - jnp.sum(exp * shifted, axis=-1) / norm
+    # H = -sum p (shifted - log_norm) = log_norm - sum(exp * shifted) / norm. Both sums come from
+    # one variadic reduction, so the exponentials are formed in a single pass over the logits and
+    # never stored (separate sums make XLA:CPU materialise `shifted` and `exp`).
+    norm, weighted = jax.lax.reduce((exp, exp * shifted), (np.float32(0), np.float32(0)),
+                                    lambda a, b: (a[0] + b[0], a[1] + b[1]), (1,))
   else:
-    entropy = jnp.zeros_like(logp)
+    norm = jnp.sum(exp, axis=-1)
+  log_norm = jnp.log(norm)
+  # The target's logit is read from the logits directly (a gather of C values).
+  logp = jnp.take_along_axis(logits, targets[:, None], axis=-1)[:, 0] - top[:, 0] - log_norm
+  entropy = log_norm - weighted / norm if compute_entropy else jnp.zeros_like(logp)
   return logp, entropy, top[:, 0] + log_norm, logits
 
 
