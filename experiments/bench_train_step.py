@@ -7,9 +7,12 @@ clipping and an AdamW step. The torch side is `transformers`' LlamaForCausalLM w
 `torch.optim.AdamW` and the same loss written in torch; both start from the same weights and the
 first-step losses are compared.
 
-Also measured: the compiled step's memory (`memory_analysis()`) with chunked log-probs against the
-same step with full [B, L, V] logits, and the achieved FLOP/s as a fraction of a measured f32
-matmul peak on this CPU. Writes experiments/results/train_step.md.
+Also measured: where the JAX step's time goes (the layers' forward, their forward + backward, the
+log-prob head forward + backward, the optimizer update, each jitted alone), the CPU time of each
+update next to its wall time (the machine is shared: CPU seconds are what other jobs disturb least),
+the compiled step's memory (`memory_analysis()`) with chunked log-probs against the same step with
+full [B, L, V] logits, and the achieved FLOP/s as a fraction of a measured f32 matmul peak on this
+CPU. Writes experiments/results/train_step.md.
 
   .venv/bin/python -m experiments.bench_train_step [--quick] [--batch 4] [--length 256]
 """
@@ -28,8 +31,10 @@ import optax
 
 from experiments.common import machine_line, time_fn, write_results
 from memtrain_jax import models, sharding
+from memtrain_jax.models import decoder
 from memtrain_jax.rl import loss as loss_lib
 from memtrain_jax.rl import train_step as ts
+from memtrain_jax.rl.logprobs import chunked_token_logprobs
 
 LOSS = loss_lib.LossConfig(kl_coef=1e-3, kl_estimator="k3")
 OPTIM = ml_collections.ConfigDict(dict(
@@ -104,6 +109,48 @@ def abstract_batch(batch: int, length: int, mesh) -> dict:
   return {**{n: spec(jnp.int32) for n in names_int}, **{n: spec(jnp.float32) for n in names_f}}
 
 
+def timed(fn, repeats: int) -> tuple[float, float]:
+  """(best wall seconds, best CPU seconds) of `fn()` over `repeats` calls after a warm-up call."""
+  jax.block_until_ready(fn())
+  wall, cpu = [], []
+  for _ in range(repeats):
+    start, start_cpu = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn())
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - start_cpu)
+  return min(wall), min(cpu)
+
+
+def step_breakdown(config, params, batch_np, optimizer, chunk: int, repeats: int
+                   ) -> dict[str, tuple[float, float]]:
+  """Parts of the update, each jitted alone on one micro-batch: (best wall s, best CPU s)."""
+  micro = {name: jnp.asarray(value[0]) for name, value in batch_np.items()}
+  fwd_kwargs = dict(positions=micro["positions"], segment_ids=micro["segment_ids"])
+  hidden_fn = jax.jit(lambda p: decoder.forward_hidden(config, p, micro["tokens"], **fwd_kwargs))
+  hidden = hidden_fn(params)
+  cotangent = jnp.asarray(np.random.default_rng(2).standard_normal(hidden.shape), hidden.dtype)
+  layers_grad = jax.jit(jax.grad(lambda p: jnp.sum(
+      decoder.forward_hidden(config, p, micro["tokens"], **fwd_kwargs) * cotangent)))
+
+  def head_loss(h, embed):
+    logp, entropy = chunked_token_logprobs(h, embed, micro["targets"], chunk_size=chunk,
+                                           compute_entropy=True, loss_mask=micro["loss_mask"],
+                                           vocab_major=True)
+    return jnp.sum(micro["advantages"] * logp) + 0.0 * jnp.sum(jax.lax.stop_gradient(entropy))
+
+  head_grad = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
+  opt_state = optimizer.init(params)
+  grads = jax.tree.map(lambda x: 1e-3 * x, params)
+  opt_step = jax.jit(lambda p, s, g: optimizer.update(g, s, p))
+  parts = {
+      "layers forward (`forward_hidden`)": lambda: hidden_fn(params),
+      "layers forward + backward": lambda: layers_grad(params),
+      "log-prob head forward + backward (loss tokens only)": lambda: head_grad(hidden, params["embed"]),
+      "optimizer (clip + AdamW update)": lambda: opt_step(params, opt_state, grads),
+  }
+  return {name: timed(fn, repeats) for name, fn in parts.items()}
+
+
 def torch_step_fn(path, batch_np, steps_lr):
   import torch
   import transformers
@@ -144,7 +191,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--length", type=int, default=256)
-  parser.add_argument("--chunk", type=int, default=128)
+  # One chunk covers the 256 positions: its logits are kept for the backward pass (no recompute).
+  parser.add_argument("--chunk", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--quick", action="store_true", help="2 x 128 tokens, one repeat, no AOT")
   args = parser.parse_args(argv)
@@ -204,12 +252,16 @@ def main(argv=None) -> int:
   torch_first_loss = torch_step()
 
   # Alternate the two (and the matmul peak) so that both see the same load from other jobs.
-  jax_times, torch_times, peaks = [], [], []
+  jax_times, torch_times, jax_cpu, torch_cpu, peaks = [], [], [], [], []
   for _ in range(args.repeats):
-    jax_times.append(time_fn(jax_once, repeats=1, warmup=0))
-    torch_times.append(time_fn(torch_step, repeats=1, warmup=0))
+    for fn, times, cpu in ((jax_once, jax_times, jax_cpu), (torch_step, torch_times, torch_cpu)):
+      start_cpu = time.process_time()
+      times.append(time_fn(fn, repeats=1, warmup=0))
+      cpu.append(time.process_time() - start_cpu)
     peaks.append(matmul_peak_gflops())
-  del holder, state
+  del holder, state, torch_step
+  breakdown = step_breakdown(config, params, batch_np, optimizer, args.chunk,
+                             repeats=max(2, args.repeats // 2))
   # The fastest step is the least disturbed by other jobs; the median shows the typical one.
   jax_s, torch_s = min(jax_times), min(torch_times)
   jax_med, torch_med = float(np.median(jax_times)), float(np.median(torch_times))
@@ -235,19 +287,28 @@ def main(argv=None) -> int:
       f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
       f"model options: scan_layers={config.scan_layers}, remat={config.remat}.", "",
       "## Throughput", "",
-      "| implementation | s / update, best | s / update, median | tokens/s (best) | model GFLOP/s (best) | fraction of matmul peak |",
-      "|---|---|---|---|---|---|",
+      "| implementation | s / update, best | s / update, median | CPU s / update, best | tokens/s (best) | model GFLOP/s (best) | fraction of matmul peak |",
+      "|---|---|---|---|---|---|---|",
       f"| memtrain_jax `make_train_step` (chunked log-probs, chunk {args.chunk}) | {jax_s:.2f} | "
-      f"{jax_med:.2f} | {jax_tps:.0f} | {jax_gflops:.1f} | {jax_gflops / peak_best:.0%} |",
+      f"{jax_med:.2f} | {min(jax_cpu):.2f} | {jax_tps:.0f} | {jax_gflops:.1f} | {jax_gflops / peak_best:.0%} |",
       f"| transformers LlamaForCausalLM + torch AdamW (full logits) | {torch_s:.2f} | "
-      f"{torch_med:.2f} | {torch_tps:.0f} | {torch_gflops:.1f} | {torch_gflops / peak_best:.0%} |", "",
+      f"{torch_med:.2f} | {min(torch_cpu):.2f} | {torch_tps:.0f} | {torch_gflops:.1f} | {torch_gflops / peak_best:.0%} |", "",
       f"All steps (s): JAX {', '.join(f'{x:.2f}' for x in jax_times)}; torch "
       f"{', '.join(f'{x:.2f}' for x in torch_times)}.", "",
       f"**JAX / torch update throughput: {jax_tps / torch_tps:.2f}x on the best steps, "
       f"{torch_med / jax_med:.2f}x on the medians** (goal: at least 1.5x). "
       f"JAX first call (compile + run) {first_step_s:.1f} s. First-step loss: JAX {jax_first_loss:.6f}, "
       f"torch {torch_first_loss:.6f} (same weights and batch; difference "
-      f"{abs(jax_first_loss - torch_first_loss):.1e}).", "",
+      f"{abs(jax_first_loss - torch_first_loss):.1e}). CPU seconds (all threads of the process) "
+      f"are the work each update did; other jobs inflate them much less than wall time: JAX / "
+      f"torch CPU-time ratio {min(torch_cpu) / min(jax_cpu):.2f}x.", "",
+      "## Where the JAX step's time goes", "",
+      "Each part jitted alone on the same micro-batch (best of "
+      f"{max(2, args.repeats // 2)}); the backward alone is the difference of the first two rows. "
+      "The parts do not add up exactly to the step (XLA overlaps and fuses across them in the "
+      "step).", "",
+      "| part | s, best | CPU s, best |", "|---|---|---|",
+      *[f"| {name} | {wall:.2f} | {cpu:.2f} |" for name, (wall, cpu) in breakdown.items()], "",
       f"Model FLOPs = 3 x forward FLOPs (`ModelConfig.flops_per_token` at context {args.length}, "
       f"which counts full rather than causal attention) x tokens. XLA's own count for the compiled "
       f"step: {chunked_mem['flops'] / 1e9:.1f} GFLOP per update (model count "
