@@ -2,19 +2,28 @@
 
     .venv/bin/python experiments/bench_rollout.py            # full run -> results/rollout.md
     .venv/bin/python experiments/bench_rollout.py --quick    # smoke run, small sizes
+    .venv/bin/python experiments/bench_rollout.py --sections 2,3   # re-run some sections: their
+        # parts of results/rollout.md are replaced, the rest of the file is kept
 
 Sections: (1) decode tokens/s vs torch `generate` (KV cache, greedy), SmolLM2-135M f32, batch 8
 and 32, 128 new tokens; (2) decode FLOP rate as a fraction of the same sampler's prefill FLOP
 rate; (3) memory-agent seconds per chunk for 2/4/8/16-chunk documents; (4) prefill with prefix
 sharing on/off for G = 8; (5) programs compiled per training-like step (agent + recall).
 torch is imported here only, never by the package.
+
+The machine is shared, so every timing of ours is the best of `--repeats` runs (the run least
+slowed by other jobs), and (3) runs its documents interleaved, 2, 4, 8, 16, 2, 4, ..., so that a
+change of load hits every length alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import multiprocessing
 import os
 import platform
+import re
 import time
 
 import jax
@@ -44,40 +53,76 @@ def random_prompts(rng, batch, length, vocab):
   return [rng.integers(100, vocab - 100, size=(length,)).astype(np.int32) for _ in range(batch)]
 
 
-def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log):
-  """(ours generate tok/s, ours decode-only tok/s, prefill tok/s, torch tok/s, flop ratio)."""
-  import torch
-  import transformers
+def best_time(fn, repeats):
+  """The shortest of `repeats` wall-clock runs of fn() (which must block), and its result."""
+  best, out = None, None
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = fn()
+    dt = time.perf_counter() - t0
+    best = dt if best is None else min(best, dt)
+  return best, out
 
+
+def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_torch=True,
+                   repeats=2):
+  """(ours generate tok/s, ours decode-only tok/s, prefill tok/s, torch tok/s, flop ratio)."""
   no_eos = config.replace(eos_token_ids=())  # both sides generate exactly `new_tokens`
   sampler = Sampler(no_eos, None, SamplerConfig(prompt_buckets=(prompt_len,),
                                                 batch_buckets=(batch,), max_new_tokens=new_tokens))
   prompts = random_prompts(np.random.default_rng(batch), batch, prompt_len, config.vocab_size)
   sampler.generate(params, prompts, temperature=0.0)  # compile
-  t0 = time.perf_counter()
-  out = sampler.generate(params, prompts, temperature=0.0)
-  ours_total = time.perf_counter() - t0
+  ours_total, out = best_time(lambda: sampler.generate(params, prompts, temperature=0.0), repeats)
   assert int(out.lengths.sum()) == batch * new_tokens
   # The two programs on their own.
   tokens = np.stack(prompts)
   start = np.zeros((batch,), np.int32)
   src = np.arange(batch, dtype=np.int32)
   cap = prompt_len + new_tokens
-  t0 = time.perf_counter()
-  cache, logits, row_start = sampler._prefill(params, tokens, start, src, capacity=cap)
-  jax.block_until_ready(logits)
-  t_prefill = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  dec = sampler._decode(params, cache, logits, row_start, np.ones((batch,), bool),
-                        np.int32(new_tokens), SamplingParams.create(0.0, 1.0, 0), np.int32(0),
-                        np.int32(0), sampler.stop)
-  jax.block_until_ready(dec.tokens)
-  t_decode = time.perf_counter() - t0
-  del dec
+  # Wall clock, and the process's CPU time (all threads), which other jobs on the machine change
+  # far less: a program that waits for a core is not charged for the wait.
+  t_prefill = t_decode = cpu_prefill = cpu_decode = float("inf")
+  for _ in range(repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    cache, logits, row_start = sampler._prefill(params, tokens, start, src, capacity=cap)
+    jax.block_until_ready(logits)
+    t_prefill = min(t_prefill, time.perf_counter() - t0)
+    cpu_prefill = min(cpu_prefill, time.process_time() - c0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    dec = sampler._decode(params, cache, logits, row_start, np.ones((batch,), bool),
+                          np.int32(new_tokens), SamplingParams.create(0.0, 1.0, 0), np.int32(0),
+                          np.int32(0), sampler.stop)
+    jax.block_until_ready(dec.tokens)
+    t_decode = min(t_decode, time.perf_counter() - t0)
+    cpu_decode = min(cpu_decode, time.process_time() - c0)
+    del dec
   # Decode feeds new_tokens - 1 tokens through the model (the first comes from prefill).
   decode_flops = sum(config.flops_per_token(prompt_len + i) for i in range(1, new_tokens)) * batch
   prefill_flops = sum(config.flops_per_token(i + 1) for i in range(prompt_len)) * batch
   flop_ratio = (decode_flops / t_decode) / (prefill_flops / t_prefill)
+  torch_tok_s = float("nan")
+  if with_torch:
+    # In a child process: torch's thread pool and memory stay out of the later sections (with
+    # torch loaded in this process, (3) measured up to 2x slower than on its own).
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+      seconds = pool.submit(torch_generate_seconds, tokens, prompt_len, new_tokens).result()
+    torch_tok_s = batch * new_tokens / seconds
+  res = dict(batch=batch, ours_tok_s=batch * new_tokens / ours_total,
+             ours_decode_tok_s=batch * (new_tokens - 1) / t_decode,
+             prefill_tok_s=batch * prompt_len / t_prefill, torch_tok_s=torch_tok_s,
+             flop_ratio=flop_ratio, decode_gflops=decode_flops / t_decode / 1e9,
+             prefill_gflops=prefill_flops / t_prefill / 1e9, load=os.getloadavg()[0],
+             decode_step_ms=1e3 * t_decode / (new_tokens - 1),
+             cpu_flop_ratio=(decode_flops / cpu_decode) / (prefill_flops / cpu_prefill))
+  log(f"  batch {batch}: {res}")
+  return res
+
+
+def torch_generate_seconds(tokens, prompt_len, new_tokens):
+  """Wall-clock seconds of `transformers` greedy generate of `new_tokens` for the batch."""
+  import torch
+  import transformers
 
   model = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(models.bundled_gguf_path()),
@@ -92,13 +137,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log):
     ref = model.generate(ids, **kwargs)
     torch_total = time.perf_counter() - t0
   assert ref.shape[1] - prompt_len == new_tokens
-  res = dict(batch=batch, ours_tok_s=batch * new_tokens / ours_total,
-             ours_decode_tok_s=batch * (new_tokens - 1) / t_decode,
-             prefill_tok_s=batch * prompt_len / t_prefill, torch_tok_s=batch * new_tokens / torch_total,
-             flop_ratio=flop_ratio, decode_gflops=decode_flops / t_decode / 1e9,
-             prefill_gflops=prefill_flops / t_prefill / 1e9, load=os.getloadavg()[0])
-  log(f"  batch {batch}: {res}")
-  return res
+  return torch_total
 
 
 def agent_documents(tokenizer, num_docs, num_chunks, chunk_tokens, rng):
@@ -114,7 +153,8 @@ def agent_documents(tokenizer, num_docs, num_chunks, chunk_tokens, rng):
 
 
 def bench_agent_scaling(config, params, tokenizer, chunk_counts, g1, chunk_tokens, memory_tokens,
-                        log):
+                        log, repeats=2):
+  """Seconds per chunk of one document of each length; the best of `repeats` interleaved runs."""
   short = min(16, memory_tokens)
   agent = AgentConfig(memory_max_tokens=memory_tokens, answer_max_tokens=short, recall_max_tokens=short)
   sampler = Sampler(config, tokenizer, SamplerConfig(prompt_buckets=(256, 512, 1024),
@@ -124,18 +164,30 @@ def bench_agent_scaling(config, params, tokenizer, chunk_counts, g1, chunk_token
   # Warm up the shapes of a memory step and the answer step.
   run_memory_agent(sampler, params, agent_documents(tokenizer, 1, 2, chunk_tokens, rng),
                    num_rollouts=g1, config=agent, temperature=1.0, seed=0)
-  out = {}
-  for n in chunk_counts:
-    docs = agent_documents(tokenizer, 1, n, chunk_tokens, rng)
-    t0 = time.perf_counter()
-    rollout = run_memory_agent(sampler, params, docs, num_rollouts=g1, config=agent,
-                               temperature=1.0, seed=n)
-    dt = time.perf_counter() - t0
-    memory_tokens_made = sum(len(c) for c, k in zip(rollout.rows.completion_tokens,
-                                                    rollout.rows.kind) if k == 0)
-    out[n] = dict(seconds=dt, per_chunk=dt / n, memory_tokens=memory_tokens_made,
-                  load=os.getloadavg()[0])
-    log(f"  {n} chunks: {out[n]}")
+  docs = {n: agent_documents(tokenizer, 1, n, chunk_tokens, rng) for n in chunk_counts}
+  out = {n: dict(runs=[], loads=[]) for n in chunk_counts}
+  # Interleaved: a burst of load from other jobs slows one run of every length, not one length.
+  for r in range(repeats):
+    for n in chunk_counts:
+      before = sampler.num_compiles()
+      t0 = time.perf_counter()
+      # The same seed every repeat: the same samples, hence the same work.
+      rollout = run_memory_agent(sampler, params, docs[n], num_rollouts=g1, config=agent,
+                                 temperature=1.0, seed=n)
+      dt = time.perf_counter() - t0
+      memory_tokens_made = sum(len(c) for c, k in zip(rollout.rows.completion_tokens,
+                                                      rollout.rows.kind) if k == 0)
+      res = out[n]
+      res["runs"].append(dt)
+      res["loads"].append(os.getloadavg()[0])
+      res["memory_tokens"] = memory_tokens_made
+      res["compiles"] = res.get("compiles", 0) + sampler.num_compiles() - before
+      log(f"  {n} chunks, run {r + 1}: {dt:.1f} s, {dt / n:.2f} s/chunk, {memory_tokens_made} "
+          f"memory tokens, compiles {sampler.num_compiles() - before}, "
+          f"load {res['loads'][-1]:.1f}")
+  for n, res in out.items():
+    best = int(np.argmin(res["runs"]))
+    res.update(seconds=res["runs"][best], per_chunk=res["runs"][best] / n, load=res["loads"][best])
   return out
 
 
@@ -179,11 +231,45 @@ def bench_compiles_per_step(config, params, tokenizer, g1, g2, chunk_tokens, mem
   return res
 
 
+SECTIONS = ("1", "2", "3", "4", "5")
+
+
+def merge_sections(old_md: str, header_note: str, blocks: dict, log_lines: list) -> str:
+  """`old_md` with the `## (n)` sections in `blocks` replaced, a note under the title and the new
+  log lines added to the raw log; everything else is kept."""
+  lines = old_md.rstrip("\n").split("\n")
+  heads = [i for i, line in enumerate(lines) if line.startswith("## ")] + [len(lines)]
+  preamble, parts = lines[:heads[0]], []
+  for a, b in zip(heads[:-1], heads[1:]):
+    parts.append(lines[a:b])
+  preamble = [line for line in preamble if not line.startswith("Re-run of sections")]
+  while preamble and not preamble[-1]:
+    preamble.pop()
+  out = preamble + ["", header_note, ""]
+  for part in parts:
+    m = re.match(r"## \((\d)\)", part[0])
+    if m and m.group(1) in blocks:
+      part = blocks[m.group(1)]
+    elif part[0].startswith("## Raw log"):
+      end = max(i for i, line in enumerate(part) if line == "```")
+      part = part[:end] + log_lines + part[end:]
+    out += part
+  return "\n".join(out) + "\n"
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--quick", action="store_true", help="small sizes, a fast smoke run")
   parser.add_argument("--out", default=RESULTS)
+  parser.add_argument("--sections", default=",".join(SECTIONS),
+                      help="comma-separated sections to run (1-5); with fewer than all, only "
+                      "their parts of --out are replaced")
+  parser.add_argument("--repeats", type=int, default=2,
+                      help="runs per timing of ours (the best is reported; the machine is shared)")
   args = parser.parse_args()
+  sections = sorted(set(args.sections.split(",")))
+  if not set(sections) <= set(SECTIONS):
+    parser.error(f"--sections must be a subset of {','.join(SECTIONS)}; got {args.sections}")
   lines = []
 
   def log(msg):
@@ -196,75 +282,114 @@ def main():
   quick = args.quick
   new_tokens = 16 if quick else 128
   batches = (8,) if quick else (8, 32)
-  load_start = os.getloadavg()
-  log("(1)+(2) generate vs transformers; prefill vs decode FLOP rate")
-  vs = [bench_vs_torch(config, params, b, 64 if quick else 128, new_tokens, log) for b in batches]
-  log("(3) memory agent time per chunk")
-  chunk_counts = (1, 2) if quick else (2, 4, 8, 16)
-  scaling = bench_agent_scaling(config, params, tokenizer, chunk_counts, g1=2 if quick else 4,
-                                chunk_tokens=40 if quick else 200,
-                                memory_tokens=8 if quick else 32, log=log)
-  log("(4) prefix sharing")
-  sharing = bench_prefix_sharing(config, params, tokenizer, 256 if quick else 1024, 8, log)
-  log("(5) programs per training-like step")
-  compiles = bench_compiles_per_step(config, params, tokenizer, g1=2, g2=2 if quick else 4,
-                                     chunk_tokens=40 if quick else 200,
-                                     memory_tokens=8 if quick else 32, log=log)
-  wall = time.perf_counter() - t_start
-
-  per_chunk = [v["per_chunk"] for v in scaling.values()]
-  spread = (max(per_chunk) - min(per_chunk)) / min(per_chunk)
-  md = [
-      f"# Rollout benchmark{' (--quick smoke run)' if quick else ''}",
-      "",
-      f"CPU: {cpu_model()}, {os.cpu_count()} cores visible; jax {jax.__version__}, "
-      f"backend {jax.default_backend()}. Load average at start {load_start}, at end "
-      f"{os.getloadavg()}. **The machine is shared with other agents' jobs**, so absolute figures "
-      "move with the load; both sides of each comparison ran in the same process, back to back.",
-      f"Model: SmolLM2-135M-Instruct (GGUF, dequantised to f32). Total wall time {wall:.0f} s.",
-      "",
-      f"## (1) Generate throughput vs `transformers` generate (greedy, KV cache, {new_tokens} new "
-      "tokens, random prompts of equal length, both forced to the full length)",
-      "",
-      "| batch | prompt | ours generate tok/s | ours decode-only tok/s | torch generate tok/s | ours / torch |",
-      "|---|---|---|---|---|---|",
-  ]
   prompt_len = 64 if quick else 128
-  for v in vs:
-    md.append(f"| {v['batch']} | {prompt_len} | {v['ours_tok_s']:.1f} | {v['ours_decode_tok_s']:.1f} "
-              f"| {v['torch_tok_s']:.1f} | {v['ours_tok_s'] / v['torch_tok_s']:.2f}x |")
-  md += ["", "Goal: >= 2x at batch 32.", "",
-         "## (2) Decode FLOP rate as a fraction of prefill FLOP rate (same sampler programs)", "",
-         "| batch | prefill tok/s | prefill GFLOP/s | decode GFLOP/s | decode / prefill |",
-         "|---|---|---|---|---|"]
-  for v in vs:
-    md.append(f"| {v['batch']} | {v['prefill_tok_s']:.0f} | {v['prefill_gflops']:.1f} | "
-              f"{v['decode_gflops']:.1f} | {100 * v['flop_ratio']:.0f}% |")
-  md += ["", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
-         "over real context). Goal: >= 50% at batch 32.", "",
-         f"## (3) Memory agent: seconds per chunk (G1 = {2 if quick else 4}, sampled, memory budget "
-         f"{8 if quick else 32} tokens, ~{40 if quick else 200}-word chunks)", "",
-         "| chunks | total s | s / chunk | memory tokens generated | load |", "|---|---|---|---|---|"]
-  for n, v in scaling.items():
-    md.append(f"| {n} | {v['seconds']:.1f} | {v['per_chunk']:.2f} | {v['memory_tokens']} | "
-              f"{v['load']:.1f} |")
-  md += ["", f"Spread of s/chunk (max-min)/min: {100 * spread:.0f}% (goal: flat within 15%). Memory "
-         "tokens generated per chunk are the same at every length, so the work per chunk is constant; "
-         "compare the load column before reading a spread as a cost of the loop.",
-         "", "## (4) Prefix sharing, G = 8 samples of one prompt (prefill + first token)", "",
-         "| prompt tokens | shared s | separate s | speed-up |", "|---|---|---|---|",
-         f"| {256 if quick else 1024} | {sharing[True]:.2f} | {sharing[False]:.2f} | "
-         f"{sharing[False] / sharing[True]:.1f}x |", "", "Goal: >= 1.5x.", "",
-         "## (5) Programs compiled per training-like step (2 documents of 2 and 3 chunks, G1 = 2, "
-         "recall G2)", "",
-         f"- first step: {compiles['first_step']} sampler programs "
-         f"({compiles['first_step_lowerings']} lowerings in total, incl. any outside the sampler)",
-         f"- second identical-shape step: {compiles['second_step']} lowerings",
-         f"- programs: {compiles['programs']}", "",
-         "## Raw log", "", "```", *lines, "```", ""]
+  g1, chunk_words, memory_tokens = (2, 40, 8) if quick else (4, 200, 32)
+  load_start = os.getloadavg()
+  blocks = {}
+  if "1" in sections or "2" in sections:
+    log("(1)+(2) generate vs transformers; prefill vs decode FLOP rate")
+    vs = [bench_vs_torch(config, params, b, prompt_len, new_tokens, log,
+                         with_torch="1" in sections, repeats=args.repeats) for b in batches]
+    blocks["1"] = [
+        f"## (1) Generate throughput vs `transformers` generate (greedy, KV cache, {new_tokens} "
+        "new tokens, random prompts of equal length, both forced to the full length)", "",
+        "| batch | prompt | ours generate tok/s | ours decode-only tok/s | torch generate tok/s "
+        "| ours / torch |", "|---|---|---|---|---|---|"]
+    for v in vs:
+      blocks["1"].append(
+          f"| {v['batch']} | {prompt_len} | {v['ours_tok_s']:.1f} | {v['ours_decode_tok_s']:.1f} "
+          f"| {v['torch_tok_s']:.1f} | {v['ours_tok_s'] / v['torch_tok_s']:.2f}x |")
+    blocks["1"] += ["", f"Ours: the best of {args.repeats} runs. Goal: >= 2x at batch 32.", ""]
+    blocks["2"] = [
+        "## (2) Decode FLOP rate as a fraction of prefill FLOP rate (same sampler programs)", "",
+        "| batch | prefill tok/s | prefill GFLOP/s | decode ms / step | decode GFLOP/s "
+        "| decode / prefill | same, by CPU time | load |",
+        "|---|---|---|---|---|---|---|---|"]
+    for v in vs:
+      blocks["2"].append(
+          f"| {v['batch']} | {v['prefill_tok_s']:.0f} | {v['prefill_gflops']:.1f} | "
+          f"{v['decode_step_ms']:.0f} | {v['decode_gflops']:.1f} | {100 * v['flop_ratio']:.0f}% | "
+          f"{100 * v['cpu_flop_ratio']:.0f}% | {v['load']:.1f} |")
+    blocks["2"] += [
+        "", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
+        f"over real context). Each program's time is the best of {args.repeats} runs, prefill and "
+        "decode alternating. The CPU-time ratio uses the process's CPU seconds (all threads) "
+        "instead of wall-clock seconds: other jobs move it much less. Goal: >= 50% at batch 32.",
+        ""]
+  if "3" in sections:
+    log("(3) memory agent time per chunk")
+    chunk_counts = (1, 2) if quick else (2, 4, 8, 16)
+    scaling = bench_agent_scaling(config, params, tokenizer, chunk_counts, g1=g1,
+                                  chunk_tokens=chunk_words, memory_tokens=memory_tokens, log=log,
+                                  repeats=args.repeats)
+    per_chunk = [v["per_chunk"] for v in scaling.values()]
+    spread = (max(per_chunk) - min(per_chunk)) / min(per_chunk)
+    blocks["3"] = [
+        f"## (3) Memory agent: seconds per chunk (G1 = {g1}, sampled, memory budget "
+        f"{memory_tokens} tokens, ~{chunk_words}-word chunks)", "",
+        "| chunks | total s | s / chunk | s / chunk, every run | memory tokens generated | load |",
+        "|---|---|---|---|---|---|"]
+    for n, v in scaling.items():
+      every = ", ".join(f"{t / n:.2f}" for t in v["runs"])
+      blocks["3"].append(f"| {n} | {v['seconds']:.1f} | {v['per_chunk']:.2f} | {every} | "
+                         f"{v['memory_tokens']} | {v['load']:.1f} |")
+    blocks["3"] += [
+        "", f"Best of {args.repeats} interleaved runs per length (the same document and seed each "
+        f"run). Spread of the best s/chunk (max-min)/min: {100 * spread:.0f}% (goal: flat within "
+        "15%). Memory tokens generated per chunk are the same at every length, so the work per "
+        "chunk is constant; compare the every-run column and the load before reading a spread as "
+        "a cost of the loop.", ""]
+  if "4" in sections:
+    log("(4) prefix sharing")
+    sharing = bench_prefix_sharing(config, params, tokenizer, 256 if quick else 1024, 8, log)
+    blocks["4"] = [
+        "## (4) Prefix sharing, G = 8 samples of one prompt (prefill + first token)", "",
+        "| prompt tokens | shared s | separate s | speed-up |", "|---|---|---|---|",
+        f"| {256 if quick else 1024} | {sharing[True]:.2f} | {sharing[False]:.2f} | "
+        f"{sharing[False] / sharing[True]:.1f}x |", "", "Goal: >= 1.5x.", ""]
+  if "5" in sections:
+    log("(5) programs per training-like step")
+    compiles = bench_compiles_per_step(config, params, tokenizer, g1=2, g2=2 if quick else 4,
+                                       chunk_tokens=chunk_words, memory_tokens=memory_tokens,
+                                       log=log)
+    blocks["5"] = [
+        "## (5) Programs compiled per training-like step (2 documents of 2 and 3 chunks, G1 = 2, "
+        "recall G2)", "",
+        f"- first step: {compiles['first_step']} sampler programs "
+        f"({compiles['first_step_lowerings']} lowerings in total, incl. any outside the sampler)",
+        f"- second identical-shape step: {compiles['second_step']} lowerings",
+        f"- programs: {compiles['programs']}", ""]
+  blocks = {n: blocks[n] for n in sections}  # (1) and (2) are measured together
+  wall = time.perf_counter() - t_start
+  load_end = os.getloadavg()
+  fmt_load = lambda x: "(" + ", ".join(f"{v:.2f}" for v in x) + ")"
+
+  if len(sections) < len(SECTIONS) and os.path.exists(args.out):
+    note = (f"Re-run of sections {', '.join(f'({n})' for n in sections)} on "
+            f"{time.strftime('%Y-%m-%d')}: load average at start {fmt_load(load_start)}, at end "
+            f"{fmt_load(load_end)}, wall time {wall:.0f} s; the other sections are from the run "
+            "described above.")
+    with open(args.out) as f:
+      text = merge_sections(f.read(), note, blocks,
+                            [f"--- re-run of sections {','.join(sections)} ---", *lines])
+  else:
+    md = [
+        f"# Rollout benchmark{' (--quick smoke run)' if quick else ''}",
+        "",
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores visible; jax {jax.__version__}, "
+        f"backend {jax.default_backend()}. Load average at start {fmt_load(load_start)}, at end "
+        f"{fmt_load(load_end)}. **The machine is shared with other agents' jobs**, so absolute "
+        "figures move with the load; both sides of each comparison ran in the same process, "
+        "back to back.",
+        f"Model: SmolLM2-135M-Instruct (GGUF, dequantised to f32). Total wall time {wall:.0f} s.",
+        ""]
+    for n in sections:
+      md += blocks[n]
+    md += ["## Raw log", "", "```", *lines, "```", ""]
+    text = "\n".join(md)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
-    f.write("\n".join(md))
+    f.write(text)
   print(f"wrote {args.out}")
 
 
