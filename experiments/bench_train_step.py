@@ -14,6 +14,10 @@ the compiled step's memory (`memory_analysis()`) with chunked log-probs against 
 full [B, L, V] logits, and the achieved FLOP/s as a fraction of a measured f32 matmul peak on this
 CPU. Writes experiments/results/train_step.md.
 
+Last, the trainer's real workload: one update over the ragged rows of a memory-agent document
+(long prompts, short completions), packed by `rl.packing` for JAX and padded per micro-batch for
+torch, as a GRPO trainer built on `transformers` does.
+
   .venv/bin/python -m experiments.bench_train_step [--quick] [--batch 4] [--length 256]
 """
 
@@ -33,6 +37,8 @@ from experiments.common import machine_line, time_fn, write_results
 from memtrain_jax import models, sharding
 from memtrain_jax.models import decoder
 from memtrain_jax.rl import loss as loss_lib
+from memtrain_jax.agent.rows import InteractionRows, RowKind
+from memtrain_jax.rl import packing as packing_lib
 from memtrain_jax.rl import train_step as ts
 from memtrain_jax.rl.logprobs import chunked_token_logprobs
 
@@ -187,6 +193,212 @@ def torch_step_fn(path, batch_np, steps_lr):
   return step
 
 
+# ----------------------------------------------------------------------------------------------
+# A GRPO batch of memory-agent rows: ragged lengths, long prompts, short completions.
+
+
+def agent_rows(vocab: int, *, g1: int, num_chunks: int, g2: int, chunk_tokens: int,
+               memory_tokens: int, seed: int = 0) -> InteractionRows:
+  """The rows one document gives the trainer, with the lengths of configs/memagent_cpu.py.
+
+  Per rollout: `num_chunks` memory updates (prompt = ~130 template and problem tokens + the previous
+  memory + one chunk; completion = the new memory, at its cap 80% of the time, as measured in the
+  CPU runs), a final answer (template + memory -> a short \\boxed{} answer) and `g2` recall probes
+  (memory + a masked chunk -> a short answer). Tokens are random; only the lengths matter here.
+  """
+  rng = np.random.default_rng(seed)
+  prompts, completions, kinds, traj = [], [], [], []
+
+  def add(prompt_len, completion_len, kind, rollout):
+    prompts.append(rng.integers(3, vocab, prompt_len).astype(np.int32))
+    completions.append(rng.integers(3, vocab, completion_len).astype(np.int32))
+    kinds.append(kind)
+    traj.append(rollout)
+
+  def memory_len():
+    return memory_tokens if rng.random() < 0.8 else int(rng.integers(16, memory_tokens))
+
+  for rollout in range(g1):
+    memory = 4  # "No previous memory"
+    for _ in range(num_chunks):
+      chunk = int(rng.integers(int(0.9 * chunk_tokens), chunk_tokens + 1))
+      new_memory = memory_len()
+      add(130 + memory + chunk, new_memory, RowKind.MEMORY_UPDATE, rollout)
+      memory = new_memory
+    add(130 + memory, int(rng.integers(4, 25)), RowKind.FINAL_ANSWER, rollout)
+    for _ in range(g2):
+      add(100 + memory + int(rng.integers(int(0.9 * chunk_tokens), chunk_tokens + 1)),
+          int(rng.integers(4, 25)), RowKind.RECALL, rollout)
+  n = len(prompts)
+  return InteractionRows(
+      prompt_tokens=prompts, completion_tokens=completions,
+      completion_logprobs=[np.zeros(len(c), np.float32) for c in completions],
+      sample_id=np.zeros(n, np.int32), group_id=np.asarray(kinds, np.int32),
+      trajectory_id=np.asarray(traj, np.int32), step=np.zeros(n, np.int32),
+      kind=np.asarray(kinds, np.int8),
+      advantage=rng.choice([-0.5, 0.5], n).astype(np.float32))
+
+
+def rows_logprobs(packed: packing_lib.PackedBatch, values: np.ndarray, num_rows: int
+                  ) -> list[np.ndarray]:
+  """Per-row completion log-probs read back from packed [num_micro, micro, seq_len] values."""
+  out = []
+  for row in range(num_rows):
+    slots = (packed.row_index == row) & (packed.loss_mask > 0)
+    out.append(np.asarray(values)[slots].astype(np.float32))
+  return out
+
+
+def torch_rows_step_fn(path, rows: InteractionRows, ref_logp: list[np.ndarray], steps_lr: float,
+                       rows_per_batch: int, sort_by_length: bool):
+  """The obvious torch GRPO update over ragged rows: micro-batches of `rows_per_batch` rows, each
+  padded on the right to its longest row, full logits, gradient accumulation, one AdamW step."""
+  import torch
+  import transformers
+  torch.set_num_threads(os.cpu_count() or 1)
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=steps_lr, betas=(0.9, 0.999), eps=1e-8,
+                          weight_decay=0.01)
+  order = list(range(len(rows)))
+  if sort_by_length:
+    order.sort(key=lambda r: len(rows.prompt_tokens[r]) + len(rows.completion_tokens[r]))
+  batches, padded_tokens = [], 0
+  for start in range(0, len(order), rows_per_batch):
+    members = order[start:start + rows_per_batch]
+    length = max(len(rows.prompt_tokens[r]) + len(rows.completion_tokens[r]) - 1 for r in members)
+    padded_tokens += length * len(members)
+    arrays = {name: np.zeros((len(members), length), dtype) for name, dtype in (
+        ("tokens", np.int64), ("targets", np.int64), ("loss_mask", np.float32),
+        ("old_logp", np.float32), ("ref_logp", np.float32), ("advantages", np.float32),
+        ("row_tokens", np.float32))}
+    for i, r in enumerate(members):
+      seq = np.concatenate([rows.prompt_tokens[r], rows.completion_tokens[r]])
+      p, c = len(rows.prompt_tokens[r]), len(rows.completion_tokens[r])
+      arrays["tokens"][i, :len(seq) - 1] = seq[:-1]
+      arrays["targets"][i, :len(seq) - 1] = seq[1:]
+      span = slice(p - 1, p - 1 + c)
+      arrays["loss_mask"][i, span] = 1.0
+      arrays["old_logp"][i, span] = rows.completion_logprobs[r]
+      arrays["ref_logp"][i, span] = ref_logp[r]
+      arrays["advantages"][i, span] = rows.advantage[r]
+      arrays["row_tokens"][i, :] = c
+    batches.append({k: torch.as_tensor(v) for k, v in arrays.items()})
+  num_rows = float(len(rows))
+
+  def step():
+    total = 0.0
+    for t in batches:
+      # Right padding under a causal mask: real tokens never see the padding, so no mask needed.
+      logits = model(input_ids=t["tokens"]).logits.float()
+      logp = torch.log_softmax(logits, -1).gather(-1, t["targets"][..., None])[..., 0]
+      on = t["loss_mask"] > 0
+      ratio = torch.where(on, logp - t["old_logp"], torch.zeros_like(logp)).clamp(-20, 20).exp()
+      adv = t["advantages"]
+      pg = -torch.minimum(ratio * adv,
+                          ratio.clamp(1 - LOSS.clip_eps_low, 1 + LOSS.clip_eps_high) * adv)
+      kl_log = (torch.where(on, t["ref_logp"], logp) - logp).clamp(-20, 20)
+      token_loss = pg + LOSS.kl_coef * (kl_log.exp() - kl_log - 1)
+      # Token mean within each row, mean over all rows of the update (interaction_mean).
+      loss = (t["loss_mask"] / t["row_tokens"] * token_loss).sum() / num_rows
+      loss.backward()
+      total += float(loss.detach())
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return total
+
+  step.padded_tokens = padded_tokens
+  return step
+
+
+def bench_agent_rows(path, config, params, mesh, optimizer, args) -> dict:
+  """One GRPO update over one document's memory-agent rows: packed JAX step against torch with
+  per-micro-batch padding (rows in trajectory order, and sorted by length)."""
+  rows = agent_rows(config.vocab_size, g1=4, num_chunks=3, g2=4, chunk_tokens=256,
+                    memory_tokens=64)
+  pack_cfg = packing_lib.PackingConfig(seq_len=args.agent_seq_len, micro_batch_size=1,
+                                       num_micro_batches_multiple=1, pad_id=0)
+  packed = packing_lib.pack_rows(rows, pack_cfg)
+  logprob_fn = ts.make_logprob_fn(config, mesh, chunk_size=args.chunk)
+  current = np.asarray(logprob_fn(params, ts.shard_batch(packed, mesh,
+                                                         fields=ts.LOGPROB_BATCH_FIELDS)))
+  rng = np.random.default_rng(3)
+  current_rows = rows_logprobs(packed, current, len(rows))
+  rows.completion_logprobs = [(c + 0.05 * rng.standard_normal(c.shape)).astype(np.float32)
+                              for c in current_rows]
+  ref_rows = [(c + 0.05 * rng.standard_normal(c.shape)).astype(np.float32) for c in current_rows]
+  packed = packing_lib.pack_rows(rows, pack_cfg)
+  ref_packed = np.zeros_like(packed.old_logp)
+  for row, values in enumerate(ref_rows):
+    ref_packed[(packed.row_index == row) & (packed.loss_mask > 0)] = values
+  batch = ts.shard_batch(packed, mesh, ref_logp=ref_packed)
+  real_tokens = int(sum(len(p) + len(c) - 1 for p, c in zip(rows.prompt_tokens,
+                                                           rows.completion_tokens)))
+
+  step = ts.make_train_step(config, LOSS, optimizer, mesh, chunk_size=args.chunk)
+  holder = {"state": ts.create_train_state(config, params, optimizer, mesh)}
+  holder["state"], metrics = step(holder["state"], batch)  # compiles
+  jax_loss = float(metrics["loss"])
+
+  def jax_once():
+    holder["state"], _ = step(holder["state"], batch)
+    jax.block_until_ready(holder["state"])
+
+  results = {"rows": len(rows), "real_tokens": real_tokens,
+             "loss_tokens": int(packed.loss_mask.sum()),
+             "packed_slots": int(np.prod(packed.tokens.shape)),
+             "lines": int(packed.tokens.shape[0] * packed.tokens.shape[1]), "jax_loss": jax_loss}
+  variants = {"jax": jax_once}
+  for name, sort in (("torch_in_order", False), ("torch_sorted", True)):
+    fn = torch_rows_step_fn(path, rows, ref_rows, OPTIM.lr, args.agent_torch_rows, sort)
+    results[f"{name}_loss"] = fn()  # warm-up, and the first-step loss on the same weights
+    results[f"{name}_padded"] = fn.padded_tokens
+    variants[name] = fn
+  times = {name: [] for name in variants}
+  for _ in range(args.agent_repeats):  # alternating, so that all see the same load
+    for name, fn in variants.items():
+      times[name].append(time_fn(fn, repeats=1, warmup=0))
+  results["times"] = times
+  del holder
+  return results
+
+
+def agent_rows_lines(res: dict, args) -> list[str]:
+  best = {name: min(t) for name, t in res["times"].items()}
+  tps = {name: res["real_tokens"] / s for name, s in best.items()}
+  labels = {
+      "jax": f"memtrain_jax: rows packed into {res['lines']} lines of {args.agent_seq_len} "
+             f"({res['packed_slots']} slots), loss tokens only through the head",
+      "torch_in_order": f"torch: {args.agent_torch_rows} rows per micro-batch in trajectory order, "
+                        f"right-padded ({res['torch_in_order_padded']} slots), full logits",
+      "torch_sorted": f"torch: rows sorted by length, {args.agent_torch_rows} per micro-batch "
+                      f"({res['torch_sorted_padded']} slots), full logits",
+  }
+  out = [
+      "## A GRPO update over memory-agent rows (the trainer's real workload)", "",
+      f"One document's rows at the shapes of `configs/memagent_cpu.py` with recall on: G1 = 4 "
+      f"rollouts x (3 memory updates + 1 final answer + 4 recall probes) = {res['rows']} rows, "
+      f"{res['real_tokens']} real tokens of which {res['loss_tokens']} carry the loss (prompts "
+      "of 350-450 tokens, completions of 4-64). One update = forward + backward over all rows "
+      "with gradient accumulation + clip + AdamW. Tokens/s counts real tokens only.", "",
+      "| implementation | s / update, best | all runs (s) | real tokens/s | vs JAX |",
+      "|---|---|---|---|---|"]
+  for name, label in labels.items():
+    runs = ", ".join(f"{t:.1f}" for t in res["times"][name])
+    out.append(f"| {label} | {best[name]:.2f} | {runs} | {tps[name]:.0f} | "
+               f"{best[name] / best['jax']:.2f}x slower |" if name != "jax" else
+               f"| {label} | {best[name]:.2f} | {runs} | {tps[name]:.0f} | 1.00x |")
+  out += ["", f"**JAX / torch update throughput on memory-agent rows: "
+          f"{best['torch_in_order'] / best['jax']:.2f}x against rows in order, "
+          f"{best['torch_sorted'] / best['jax']:.2f}x against length-sorted rows** (goal: at "
+          f"least 1.5x). First-update losses on the same weights and rows: JAX "
+          f"{res['jax_loss']:.6f}, torch {res['torch_in_order_loss']:.6f} / "
+          f"{res['torch_sorted_loss']:.6f}.", ""]
+  return out
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--batch", type=int, default=4)
@@ -195,6 +407,12 @@ def main(argv=None) -> int:
   parser.add_argument("--chunk", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--quick", action="store_true", help="2 x 128 tokens, one repeat, no AOT")
+  parser.add_argument("--agent-seq-len", type=int, default=1024,
+                      help="packed line length for the memory-agent rows section")
+  parser.add_argument("--agent-torch-rows", type=int, default=2,
+                      help="rows per torch micro-batch in the memory-agent rows section")
+  parser.add_argument("--agent-repeats", type=int, default=2)
+  parser.add_argument("--skip-agent-rows", action="store_true")
   args = parser.parse_args(argv)
   if args.quick:
     args.batch, args.length, args.repeats, args.chunk = 2, 128, 1, 64
@@ -262,6 +480,9 @@ def main(argv=None) -> int:
   del holder, state, torch_step
   breakdown = step_breakdown(config, params, batch_np, optimizer, args.chunk,
                              repeats=max(2, args.repeats // 2))
+  agent = None
+  if not (args.quick or args.skip_agent_rows):
+    agent = bench_agent_rows(path, config, params, mesh, optimizer, args)
   # The fastest step is the least disturbed by other jobs; the median shows the typical one.
   jax_s, torch_s = min(jax_times), min(torch_times)
   jax_med, torch_med = float(np.median(jax_times)), float(np.median(torch_times))
@@ -328,6 +549,8 @@ def main(argv=None) -> int:
               f"{chunked['args_mb']:.0f} | {chunked['out_mb']:.0f} |",
               f"| {b} x {length}, scan + remat (compiled only) | full logits | {full['temp_mb']:.0f} | "
               f"{full['args_mb']:.0f} | {full['out_mb']:.0f} |"]
+  if agent is not None:
+    lines += [""] + agent_rows_lines(agent, args)[:-1]
   lines += ["", f"Load average before the run: {fmt_load(load_before)}.", ""]
   text = "\n".join(lines)
   print(text)

@@ -46,10 +46,13 @@ class Stage:
 
 def _cpu_stages() -> dict[str, Stage]:
   # MemTrain at CPU scale: configs/default.py with G1 = G2 = 4, 2 steps and lr 1e-5 (a 135M model
-  # does not move at the paper's 1e-6 in a few steps).
+  # does not move at the paper's 1e-6 in a few steps). Rollouts at temperature 0.7: at the paper's
+  # 1.0 SmolLM2-135M's memories and answers were word salad, every reward of a 2-step run was 0 and
+  # so was the gradient (runs/chain_cpu, session 2); the PPO ratio still uses the temperature-1
+  # policy log-probs.
   memtrain = ("--config.train.num_steps=2", "--config.objectives.end_to_end.num_rollouts=4",
               "--config.objectives.recall.num_samples=4", "--config.optim.lr=1e-5",
-              "--config.checkpoint.every=2")
+              "--config.checkpoint.every=2", "--config.sampling.temperature=0.7")
   return {
       "memtrain": Stage("memtrain", "configs/default.py", None, memtrain),
       "memtrain_end_to_end": Stage("memtrain_end_to_end", "configs/default.py", None,
