@@ -128,6 +128,10 @@ def base_config() -> ConfigDict:
   cfg.rl.packing.micro_batch_size = 1  # lines per micro-batch; a multiple of data * fsdp
   cfg.rl.packing.num_micro_batches_multiple = 4  # fewer distinct shapes, fewer compiles
   cfg.rl.packing.logprob_chunk_size = 512  # positions per chunk of the output projection
+  # Rows with one prompt (the G1 first memory updates of a document, the G2 answers to a recall
+  # probe) are packed as a prefix tree: the prompt is run once, and the loss and gradient are those
+  # of separate rows. False packs every row whole.
+  cfg.rl.packing.share_prompts = True
 
   cfg.optim = ConfigDict()
   cfg.optim.lr = 1e-6  # paper
@@ -357,7 +361,8 @@ def packing_config(cfg: ConfigDict, pad_id: int = 0):
   from memtrain_jax.rl.packing import PackingConfig
   p = cfg.rl.packing
   return PackingConfig(seq_len=p.seq_len, micro_batch_size=p.micro_batch_size,
-                       num_micro_batches_multiple=p.num_micro_batches_multiple, pad_id=pad_id)
+                       num_micro_batches_multiple=p.num_micro_batches_multiple, pad_id=pad_id,
+                       share_prompts=p.share_prompts)
 
 
 def updates_per_step(cfg: ConfigDict) -> int:

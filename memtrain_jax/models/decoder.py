@@ -276,11 +276,14 @@ def _check_tokens(tokens) -> None:
 
 
 def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array, *, positions=None,
-                   segment_ids=None) -> jax.Array:
+                   segment_ids=None, branch_ids=None) -> jax.Array:
   """Final-norm hidden states [batch, length, embed] in the compute dtype.
 
   Attention is causal within a row and restricted to equal `segment_ids` (packed rows; 0 marks
   padding, which attends only to padding). `positions` default to 0..length-1.
+
+  `branch_ids` pack several rows that share a prompt as a prefix tree (`rl.packing`): within a
+  segment, a token of branch b > 0 attends only to branch 0 (the shared trunk) and to branch b.
   """
   _check_tokens(tokens)
   b, t = tokens.shape
@@ -290,6 +293,8 @@ def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array, *, po
     segment_ids = jnp.ones((b, t), jnp.int32)
   idx = jnp.arange(t)
   mask = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (idx[None, :, None] >= idx[None, None, :])
+  if branch_ids is not None:
+    mask &= (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
   cos, sin = rope_cos_sin(config, positions)
   x = _embed(config, params, tokens)
   x, _ = _run_layers(config, params, x, cos, sin, mask)
@@ -303,9 +308,10 @@ def logits_from_hidden(config: ModelConfig, params: Params, hidden: jax.Array) -
 
 
 def forward(config: ModelConfig, params: Params, tokens: jax.Array, *, positions=None,
-            segment_ids=None) -> jax.Array:
+            segment_ids=None, branch_ids=None) -> jax.Array:
   """Logits [batch, length, vocab] in float32."""
-  hidden = forward_hidden(config, params, tokens, positions=positions, segment_ids=segment_ids)
+  hidden = forward_hidden(config, params, tokens, positions=positions, segment_ids=segment_ids,
+                          branch_ids=branch_ids)
   return logits_from_hidden(config, params, hidden)
 
 

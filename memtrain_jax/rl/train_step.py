@@ -38,10 +38,10 @@ from memtrain_jax.rl.logprobs import chunked_token_logprobs
 from memtrain_jax.rl.packing import PackedBatch
 
 # Fields of `PackedBatch` the update reads; `row_index` stays on the host.
-TRAIN_BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_mask", "old_logp",
-                      "advantages", "row_num_tokens")
+TRAIN_BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "branch_ids", "loss_mask",
+                      "old_logp", "advantages", "row_num_tokens")
 # Fields the log-prob function reads.
-LOGPROB_BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids")
+LOGPROB_BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "branch_ids")
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -146,7 +146,8 @@ def policy_logprobs(model_config: ModelConfig, params: Params, batch_micro: Batc
   """
   hidden = decoder.forward_hidden(model_config, params, batch_micro["tokens"],
                                   positions=batch_micro["positions"],
-                                  segment_ids=batch_micro["segment_ids"])
+                                  segment_ids=batch_micro["segment_ids"],
+                                  branch_ids=batch_micro.get("branch_ids"))
   # A tied embedding is used as the [V, D] matrix it is: its transpose would be a copy.
   tied = model_config.tie_embeddings
   w = (params["embed"] if tied else unembedding(model_config, params)).astype(model_config.dtype)

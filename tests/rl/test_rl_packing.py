@@ -32,8 +32,9 @@ def _flat(packed):
 def test_every_token_appears_once_and_masks_follow_lengths(pad_id):
   rng = np.random.default_rng(0)
   rows = _random_rows(rng, 23)
+  # Every row whole (shared prompts are tested below).
   config = packing.PackingConfig(seq_len=16, micro_batch_size=3, num_micro_batches_multiple=2,
-                                 pad_id=pad_id)
+                                 pad_id=pad_id, share_prompts=False)
   packed = packing.pack_rows(rows, config)
   assert packed.tokens.shape[1:] == (3, 16) and packed.num_micro_batches % 2 == 0
   flat = _flat(packed)
@@ -60,7 +61,11 @@ def test_every_token_appears_once_and_masks_follow_lengths(pad_id):
       np.testing.assert_array_equal(flat["advantages"][line, slots][mask > 0], rows.advantage[row])
       np.testing.assert_array_equal(flat["old_logp"][line, slots][mask == 0], 0.0)
       np.testing.assert_array_equal(flat["advantages"][line, slots][mask == 0], 0.0)
-      np.testing.assert_array_equal(flat["row_num_tokens"][line, slots], len(completion))
+      np.testing.assert_array_equal(flat["row_num_tokens"][line, slots][mask > 0], len(completion))
+      np.testing.assert_array_equal(flat["row_num_tokens"][line, slots][mask == 0], 0)
+      # A row alone is a trunk (its prompt but the last token) and one branch.
+      np.testing.assert_array_equal(flat["branch_ids"][line, slots],
+                                    (np.arange(len(slots)) >= len(prompt) - 1).astype(np.int32))
     # Segments number the rows of a line 1..n; padding is segment 0 with nothing to train.
     segments = flat["segment_ids"][line]
     num_rows_here = len(np.unique(flat["row_index"][line][flat["row_index"][line] >= 0]))
@@ -134,3 +139,65 @@ def test_micro_batch_count_padding():
   assert packing.pad_num_micro_batches(padded, 3) is padded
   one = padded.micro_batch(0)
   assert one["tokens"].shape == (1, 15)
+
+
+def _shared_rows(rng, prompt_lens, copies, max_completion=6, vocab=30):
+  """Rows whose prompts repeat: prompt i appears copies[i] times, the copies interleaved."""
+  prompts = [rng.integers(1, vocab, n).astype(np.int32) for n in prompt_lens]
+  order = [i for i, c in enumerate(copies) for _ in range(c)]
+  rng.shuffle(order)
+  rows = _random_rows(rng, len(order), max_completion=max_completion, vocab=vocab)
+  rows.prompt_tokens = [prompts[i].copy() for i in order]
+  return rows, order
+
+
+def test_shared_prompts_pack_as_prefix_trees():
+  rng = np.random.default_rng(5)
+  rows, order = _shared_rows(rng, prompt_lens=[9, 1, 6, 12], copies=[4, 3, 1, 2])
+  config = packing.PackingConfig(seq_len=40, micro_batch_size=2, share_prompts=True)
+  packed = packing.pack_rows(rows, config)
+  flat = _flat(packed)
+  whole = packing.pack_rows(rows, packing.PackingConfig(seq_len=40, micro_batch_size=2,
+                                                        share_prompts=False))
+  # Each extra copy of a prompt saves its P - 1 trunk slots.
+  saved = sum((c - 1) * (n - 1) for n, c in zip([9, 1, 6, 12], [4, 3, 1, 2]))
+  assert whole.segment_ids.astype(bool).sum() - flat["segment_ids"].astype(bool).sum() == saved
+  for row in range(len(rows)):
+    prompt, completion = rows.prompt_tokens[row], rows.completion_tokens[row]
+    (line,) = np.unique(np.nonzero(flat["row_index"] == row)[0])
+    on = (flat["row_index"][line] == row) & (flat["branch_ids"][line] > 0)
+    branch = np.unique(flat["branch_ids"][line][on])
+    segment = np.unique(flat["segment_ids"][line][on])
+    assert len(branch) == 1 and len(segment) == 1
+    # The context a loss slot attends to (trunk + own branch, up to itself) is the row itself.
+    trunk = (flat["segment_ids"][line] == segment) & (flat["branch_ids"][line] == 0)
+    context = np.flatnonzero(trunk | on)
+    sequence = np.concatenate([prompt, completion])
+    np.testing.assert_array_equal(flat["tokens"][line, context], sequence[:-1])
+    np.testing.assert_array_equal(flat["positions"][line, context], np.arange(len(sequence) - 1))
+    np.testing.assert_array_equal(flat["targets"][line, on], completion)
+    np.testing.assert_array_equal(flat["loss_mask"][line, on], 1.0)
+    np.testing.assert_array_equal(flat["old_logp"][line, on], rows.completion_logprobs[row])
+    np.testing.assert_array_equal(flat["advantages"][line, on], rows.advantage[row])
+    np.testing.assert_array_equal(flat["row_num_tokens"][line, on], len(completion))
+    # Siblings: the rows with the same prompt share this trunk, on other branches.
+    siblings = {r for r in range(len(rows)) if order[r] == order[row]}
+    members = set(np.unique(flat["row_index"][line][(flat["segment_ids"][line] == segment)
+                                                    & (flat["branch_ids"][line] > 0)]))
+    assert members == siblings
+  assert flat["loss_mask"].sum() == sum(len(c) for c in rows.completion_tokens)
+  np.testing.assert_array_equal(flat["loss_mask"][flat["branch_ids"] == 0], 0.0)
+
+
+def test_shared_prompt_group_larger_than_a_line_is_split():
+  rng = np.random.default_rng(6)
+  rows, _ = _shared_rows(rng, prompt_lens=[10], copies=[5], max_completion=7)
+  for i in range(len(rows)):  # 6 completion tokens each: trunk 9 + 6k slots
+    rows.completion_tokens[i] = rng.integers(1, 30, 6).astype(np.int32)
+    rows.completion_logprobs[i] = np.zeros(6, np.float32)
+  packed = packing.pack_rows(rows, packing.PackingConfig(seq_len=22, micro_batch_size=1))
+  flat = _flat(packed)
+  # 9 + 2 * 6 = 21 <= 22 < 27: two rows per trunk, so 3 trunks over 3 lines.
+  assert flat["tokens"].shape[0] == 3
+  np.testing.assert_array_equal(sorted(flat["branch_ids"].max(axis=1)), [1, 2, 2])
+  assert flat["loss_mask"].sum() == 30
