@@ -42,6 +42,16 @@ TRAIN_BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "branch_i
                       "old_logp", "advantages", "row_num_tokens")
 # Fields the log-prob function reads.
 LOGPROB_BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "branch_ids")
+# Fields a batch may leave out: without branch_ids every segment is one row (no shared prompts).
+OPTIONAL_BATCH_FIELDS = ("branch_ids",)
+
+
+def _select_fields(arrays: Mapping, fields: tuple[str, ...]) -> dict:
+  missing = [n for n in fields if n not in arrays and n not in OPTIONAL_BATCH_FIELDS]
+  if missing:
+    raise ValueError(f"the batch has no field(s) {missing}; a packed batch (rl.packing.pack_rows) "
+                     f"has all of {fields}")
+  return {name: arrays[name] for name in fields if name in arrays}
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -222,7 +232,7 @@ def shard_batch(batch: PackedBatch | Mapping[str, np.ndarray], mesh: Mesh, *,
     A dict of global arrays, the input of the train step or of a log-prob function.
   """
   arrays = batch.as_dict() if isinstance(batch, PackedBatch) else dict(batch)
-  arrays = {name: arrays[name] for name in fields}
+  arrays = _select_fields(arrays, fields)
   if ref_logp is not None:
     arrays["ref_logp"] = ref_logp
   target = packed_batch_sharding(mesh)
@@ -258,7 +268,6 @@ def make_logprob_fn(model_config: ModelConfig, mesh: Mesh, *, chunk_size: int,
   batch_sharding = packed_batch_sharding(mesh)
 
   def logprobs(params, batch):
-    batch = {name: batch[name] for name in LOGPROB_BATCH_FIELDS}
     fn = lambda micro: policy_logprobs(model_config, params, micro, chunk_size=chunk_size)[0]
     return jax.lax.map(fn, batch)
 
@@ -266,7 +275,7 @@ def make_logprob_fn(model_config: ModelConfig, mesh: Mesh, *, chunk_size: int,
                    out_shardings=batch_sharding)
 
   def call(params, batch):
-    return jitted(params, {name: batch[name] for name in LOGPROB_BATCH_FIELDS})
+    return jitted(params, _select_fields(batch, LOGPROB_BATCH_FIELDS))
 
   call.jitted = jitted
   return call
