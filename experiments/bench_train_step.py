@@ -157,15 +157,22 @@ def step_breakdown(config, params, batch_np, optimizer, chunk: int, repeats: int
   return {name: timed(fn, repeats) for name, fn in parts.items()}
 
 
-def torch_step_fn(path, batch_np, steps_lr):
+def torch_model_and_optimizer(path, lr):
+  """The GGUF model in transformers (float32, train mode) and torch AdamW with OPTIM's settings."""
   import torch
   import transformers
   torch.set_num_threads(os.cpu_count() or 1)
   model = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
   model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=steps_lr, betas=(0.9, 0.999), eps=1e-8,
+  opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
                           weight_decay=0.01)
+  return model, opt
+
+
+def torch_step_fn(path, batch_np, steps_lr):
+  import torch
+  model, opt = torch_model_and_optimizer(path, steps_lr)
   t = {k: torch.as_tensor(v[0]) for k, v in batch_np.items()}
 
   def step():
@@ -260,13 +267,7 @@ def torch_rows_step_fn(path, rows: InteractionRows, ref_logp: list[np.ndarray], 
   """The obvious torch GRPO update over ragged rows: micro-batches of `rows_per_batch` rows, each
   padded on the right to its longest row, full logits, gradient accumulation, one AdamW step."""
   import torch
-  import transformers
-  torch.set_num_threads(os.cpu_count() or 1)
-  model = transformers.AutoModelForCausalLM.from_pretrained(
-      os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
-  model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=steps_lr, betas=(0.9, 0.999), eps=1e-8,
-                          weight_decay=0.01)
+  model, opt = torch_model_and_optimizer(path, steps_lr)
   order = list(range(len(rows)))
   if sort_by_length:
     order.sort(key=lambda r: len(rows.prompt_tokens[r]) + len(rows.completion_tokens[r]))
