@@ -53,18 +53,23 @@ def _cpu_stages() -> dict[str, Stage]:
   memtrain = ("--config.train.num_steps=2", "--config.objectives.end_to_end.num_rollouts=4",
               "--config.objectives.recall.num_samples=4", "--config.optim.lr=1e-5",
               "--config.checkpoint.every=2", "--config.sampling.temperature=0.7")
+  # MemAgent at CPU scale: configs/memagent_cpu.py with 4 questions per step (2 steps see 8 of the
+  # 34 training questions, so most runs meet one of the 5 yes/no questions, the only ones a 135M
+  # model answers by chance) and the same temperature; with 2 questions a step at temperature 1
+  # both steps of a run had zero reward and zero gradient (session 3).
+  memagent = ("--config.train.batch_documents=4", "--config.sampling.temperature=0.7")
   return {
       "memtrain": Stage("memtrain", "configs/default.py", None, memtrain),
       "memtrain_end_to_end": Stage("memtrain_end_to_end", "configs/default.py", None,
                                    memtrain + ("--config.objectives.recall.enabled=false",)),
       "memtrain_decoupled": Stage("memtrain_decoupled", "configs/default.py", None,
                                   memtrain + ("--config.objectives.recall.lam=0.0",)),
-      "memagent": Stage("memagent", "configs/memagent_cpu.py", None),
-      "memtrain_memagent": Stage("memtrain_memagent", "configs/memagent_cpu.py", "memtrain"),
+      "memagent": Stage("memagent", "configs/memagent_cpu.py", None, memagent),
+      "memtrain_memagent": Stage("memtrain_memagent", "configs/memagent_cpu.py", "memtrain", memagent),
       "end_to_end_memagent": Stage("end_to_end_memagent", "configs/memagent_cpu.py",
-                                   "memtrain_end_to_end"),
+                                   "memtrain_end_to_end", memagent),
       "decoupled_memagent": Stage("decoupled_memagent", "configs/memagent_cpu.py",
-                                  "memtrain_decoupled"),
+                                  "memtrain_decoupled", memagent),
       "mem1": Stage("mem1", "configs/mem1_cpu.py", None),
       "memtrain_mem1": Stage("memtrain_mem1", "configs/mem1_cpu.py", "memtrain"),
   }
