@@ -64,6 +64,24 @@ def best_time(fn, repeats):
   return best, out
 
 
+def stream_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
+  """Memory bandwidth the way decode uses it: GB/s of one read + one write pass over an array
+  much larger than the caches, through XLA:CPU (best of `repeats`)."""
+  x = jax.numpy.ones((megabytes * 2**20 // 4,), jax.numpy.float32)
+  scale = jax.jit(lambda a: a * 1.0001)
+  jax.block_until_ready(scale(x))
+  seconds, _ = best_time(lambda: jax.block_until_ready(scale(x)), repeats)
+  return 2 * x.nbytes / seconds / 1e9
+
+
+def decode_bytes_per_step(config, params, batch: int, capacity: int) -> int:
+  """Bytes one decode step must read: every weight once (the tied embedding is the output
+  projection) and the whole K/V cache, which attention reads at its full capacity."""
+  weights = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
+  cache = 2 * config.num_layers * batch * config.num_kv_heads * config.head_dim * capacity * 4
+  return weights + cache
+
+
 def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_torch=True,
                    repeats=2):
   """(ours generate tok/s, ours decode-only tok/s, prefill tok/s, torch tok/s, flop ratio)."""
@@ -114,6 +132,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
              flop_ratio=flop_ratio, decode_gflops=decode_flops / t_decode / 1e9,
              prefill_gflops=prefill_flops / t_prefill / 1e9, load=os.getloadavg()[0],
              decode_step_ms=1e3 * t_decode / (new_tokens - 1),
+             decode_mb_per_step=decode_bytes_per_step(config, params, batch, cap) / 1e6,
              cpu_flop_ratio=(decode_flops / cpu_decode) / (prefill_flops / cpu_prefill))
   log(f"  batch {batch}: {res}")
   return res
@@ -300,22 +319,33 @@ def main():
           f"| {v['batch']} | {prompt_len} | {v['ours_tok_s']:.1f} | {v['ours_decode_tok_s']:.1f} "
           f"| {v['torch_tok_s']:.1f} | {v['ours_tok_s'] / v['torch_tok_s']:.2f}x |")
     blocks["1"] += ["", f"Ours: the best of {args.repeats} runs. Goal: >= 2x at batch 32.", ""]
+    bandwidth = stream_bandwidth_gbs()
+    log(f"  stream bandwidth (read + write through XLA:CPU): {bandwidth:.1f} GB/s")
     blocks["2"] = [
         "## (2) Decode FLOP rate as a fraction of prefill FLOP rate (same sampler programs)", "",
         "| batch | prefill tok/s | prefill GFLOP/s | decode ms / step | decode GFLOP/s "
-        "| decode / prefill | same, by CPU time | load |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| decode / prefill | same, by CPU time | MB read / step | memory floor ms / step "
+        "| floor / decode | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in vs:
+      floor_ms = v["decode_mb_per_step"] / 1e3 / bandwidth * 1e3
       blocks["2"].append(
           f"| {v['batch']} | {v['prefill_tok_s']:.0f} | {v['prefill_gflops']:.1f} | "
           f"{v['decode_step_ms']:.0f} | {v['decode_gflops']:.1f} | {100 * v['flop_ratio']:.0f}% | "
-          f"{100 * v['cpu_flop_ratio']:.0f}% | {v['load']:.1f} |")
+          f"{100 * v['cpu_flop_ratio']:.0f}% | {v['decode_mb_per_step']:.0f} | {floor_ms:.0f} | "
+          f"{100 * floor_ms / v['decode_step_ms']:.0f}% | {v['load']:.1f} |")
     blocks["2"] += [
         "", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
         f"over real context). Each program's time is the best of {args.repeats} runs, prefill and "
         "decode alternating. The CPU-time ratio uses the process's CPU seconds (all threads) "
         "instead of wall-clock seconds: other jobs move it much less. Goal: >= 50% at batch 32.",
-        ""]
+        "",
+        "Memory floor: a decode step reads every weight once and the whole f32 K/V cache (MB read "
+        "/ step), which cannot take less than those bytes over the measured stream bandwidth "
+        f"({bandwidth:.1f} GB/s, one read and one write pass over 256 MB through XLA:CPU, best "
+        "of 5). Floor / decode near 100% means the step is bound by memory traffic, not by "
+        "arithmetic: only fewer bytes (a bf16 cache or weights, or reading only the filled cache "
+        "slots) would make it faster.", ""]
   if "3" in sections:
     log("(3) memory agent time per chunk")
     chunk_counts = (1, 2) if quick else (2, 4, 8, 16)
