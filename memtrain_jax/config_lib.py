@@ -9,6 +9,8 @@ Defaults are CPU-sized where the paper has no say; paper values are noted next t
 
 from __future__ import annotations
 
+import json
+
 import ast
 import difflib
 import importlib.util
@@ -421,3 +423,33 @@ def validate(cfg: ConfigDict) -> None:
                      f"row ({longest - 1} slots = {what})")
   from memtrain_jax.data.config import validate_data_config
   validate_data_config(cfg.data)
+
+
+# Fields a resumed run may change: how long it runs, how it logs and checkpoints, and the mesh (a
+# preempted job may come back on another slice). Any other change would splice two different runs
+# into one checkpoint history.
+RESUME_MAY_CHANGE = ("train.num_steps", "train.log_every", "train.dump_rollouts_every",
+                     "train.dump_rollouts_count", "checkpoint.", "mesh.")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def resume_conflicts(saved: dict, cfg: ConfigDict) -> list[str]:
+  """Fields (dotted) whose value in `cfg` differs from the `saved` config of the run it resumes,
+  other than those in RESUME_MAY_CHANGE, each as 'field: saved -> new'."""
+  old, new = _flatten(saved), _flatten(json.loads(cfg.to_json()))
+  conflicts = []
+  for name in sorted(set(old) | set(new)):
+    if name.startswith(RESUME_MAY_CHANGE) or name in RESUME_MAY_CHANGE:
+      continue
+    if old.get(name, "<absent>") != new.get(name, "<absent>"):
+      conflicts.append(f"{name}: {old.get(name, '<absent>')!r} -> {new.get(name, '<absent>')!r}")
+  return conflicts

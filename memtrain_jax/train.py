@@ -22,6 +22,7 @@ a resumed run reproduces the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -324,11 +325,29 @@ def run_updates(cfg, step: int, state, rows: InteractionRows, *, mesh, train_ste
 # The loop.
 
 
+def _check_resumed_config(cfg, workdir: str) -> None:
+  """Refuses to resume a checkpointed run under a different config (see RESUME_MAY_CHANGE)."""
+  ckpt_dir, saved_path = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "config.json")
+  has_checkpoint = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
+  if not (has_checkpoint and os.path.exists(saved_path)):
+    return
+  with open(saved_path) as f:
+    saved = json.load(f)
+  conflicts = config_lib.resume_conflicts(saved, cfg)
+  if conflicts:
+    raise ValueError(
+        f"--workdir {workdir} holds a checkpointed run whose config differs from this one in "
+        f"{len(conflicts)} field(s): " + "; ".join(conflicts[:10]) +
+        (" ..." if len(conflicts) > 10 else "") + ". Resuming would splice two runs together: "
+        f"use a new --workdir, pass the same settings again, or delete {ckpt_dir} to restart.")
+
+
 def train(cfg, workdir: str) -> dict[str, float]:
   """Runs (or resumes) training in `workdir`; returns the last step's metrics."""
   config_lib.validate(cfg)
   workdir = os.path.abspath(os.path.expanduser(workdir))
   os.makedirs(workdir, exist_ok=True)
+  _check_resumed_config(cfg, workdir)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(cfg.to_json(indent=2))
   shd.maybe_initialize_distributed()

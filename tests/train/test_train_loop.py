@@ -148,3 +148,22 @@ def _wait_for_checkpoint_or_metrics(workdir, proc, timeout=600):
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     assert time.time() < deadline
     time.sleep(0.2)
+
+
+def test_resuming_under_a_different_config_is_refused(tmp_path):
+  from memtrain_jax import train as train_lib
+  from tests.train import tiny_loop_config
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints" / "1").mkdir(parents=True)
+  saved = tiny_loop_config.get_config("/models/tiny")
+  (workdir / "config.json").write_text(saved.to_json())
+  changed = tiny_loop_config.get_config("/models/tiny")
+  changed.sampling.temperature = 0.7
+  changed.train.num_steps = 9  # allowed: extending a run
+  changed.mesh.shape = (1, 1, -1)  # allowed: another slice after preemption
+  with pytest.raises(ValueError, match=r"differs from this one in 1 field\(s\): "
+                                       r"sampling\.temperature: 1\.0 -> 0\.7.*new --workdir"):
+    train_lib.train(changed, str(workdir))
+  assert config_lib.resume_conflicts(json.loads(saved.to_json()), saved) == []
+  assert config_lib.resume_conflicts(json.loads(saved.to_json()), changed) == [
+      "sampling.temperature: 1.0 -> 0.7"]
