@@ -144,6 +144,11 @@ def plot_long_qa(rows: Sequence[Row], columns: Sequence[str], path: str, title: 
   fig = Figure(figsize=(7, 4.5))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
+  column_x: dict[str, list[float]] = {}
+  for row in rows:
+    for c in columns:
+      if c in row.cells and "context_tokens_mean" in row.cells[c]:
+        column_x.setdefault(c, []).append(row.cells[c]["context_tokens_mean"])
   for row in rows:
     points = [(row.cells[c]["context_tokens_mean"], 100 * row.cells[c]["sub_em"])
               for c in columns if c in row.cells and "context_tokens_mean" in row.cells[c]]
@@ -152,7 +157,13 @@ def plot_long_qa(rows: Sequence[Row], columns: Sequence[str], path: str, title: 
       style = "--" if row.mode == config_lib.FULL_CONTEXT else "-"
       ax.plot(xs, ys, style, marker="o", label=row.label)
   ax.set_xscale("log", base=2)
-  ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tokens_text(v)))
+  if column_x:
+    # One tick per column, at its mean length and named as the table names it: powers of two
+    # alone may leave a short range (e.g. 540 to 1060 tokens) with a single labelled tick.
+    ax.set_xticks([sum(v) / len(v) for v in column_x.values()], list(column_x))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+  else:
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tokens_text(v)))
   ax.set_xlabel("context length (tokens, mean over questions)")
   ax.set_ylabel("sub-EM accuracy (%)")
   ax.set_ylim(-2, 102)
