@@ -444,11 +444,14 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def resume_conflicts(saved: dict, cfg: ConfigDict) -> list[str]:
   """Fields (dotted) whose value in `cfg` differs from the `saved` config of the run it resumes,
-  other than those in RESUME_MAY_CHANGE, each as 'field: saved -> new'."""
+  other than those in RESUME_MAY_CHANGE and those the saved config predates, each as
+  'field: saved -> new'."""
   old, new = _flatten(saved), _flatten(json.loads(cfg.to_json()))
   conflicts = []
   for name in sorted(set(old) | set(new)):
     if name.startswith(RESUME_MAY_CHANGE) or name in RESUME_MAY_CHANGE:
+      continue
+    if name not in old:  # a field added by a newer version of the package, at its default
       continue
     if old.get(name, "<absent>") != new.get(name, "<absent>"):
       conflicts.append(f"{name}: {old.get(name, '<absent>')!r} -> {new.get(name, '<absent>')!r}")
