@@ -202,8 +202,8 @@ def torch_model_and_optimizer(path, lr):
   model = transformers.AutoModelForCausalLM.from_pretrained(
       os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32)
   model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                          weight_decay=0.01)
+  opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(OPTIM.b1, OPTIM.b2), eps=OPTIM.eps,
+                          weight_decay=OPTIM.weight_decay)
   return model, opt
 
 

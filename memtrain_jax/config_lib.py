@@ -9,11 +9,10 @@ Defaults are CPU-sized where the paper has no say; paper values are noted next t
 
 from __future__ import annotations
 
-import json
-
 import ast
 import difflib
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -447,12 +446,6 @@ def resume_conflicts(saved: dict, cfg: ConfigDict) -> list[str]:
   other than those in RESUME_MAY_CHANGE and those the saved config predates, each as
   'field: saved -> new'."""
   old, new = _flatten(saved), _flatten(json.loads(cfg.to_json()))
-  conflicts = []
-  for name in sorted(set(old) | set(new)):
-    if name.startswith(RESUME_MAY_CHANGE) or name in RESUME_MAY_CHANGE:
-      continue
-    if name not in old:  # a field added by a newer version of the package, at its default
-      continue
-    if old.get(name, "<absent>") != new.get(name, "<absent>"):
-      conflicts.append(f"{name}: {old.get(name, '<absent>')!r} -> {new.get(name, '<absent>')!r}")
-  return conflicts
+  # Only the saved fields: one the saved config lacks was added by a newer package, at its default.
+  return [f"{name}: {old[name]!r} -> {new.get(name, '<absent>')!r}" for name in sorted(old)
+          if not name.startswith(RESUME_MAY_CHANGE) and old[name] != new.get(name, "<absent>")]

@@ -144,14 +144,12 @@ def plot_long_qa(rows: Sequence[Row], columns: Sequence[str], path: str, title: 
   fig = Figure(figsize=(7, 4.5))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
-  column_x: dict[str, list[float]] = {}
+  column_x: dict[str, list[float]] = {}  # every row's mean length of each column
   for row in rows:
-    for c in columns:
-      if c in row.cells and "context_tokens_mean" in row.cells[c]:
-        column_x.setdefault(c, []).append(row.cells[c]["context_tokens_mean"])
-  for row in rows:
-    points = [(row.cells[c]["context_tokens_mean"], 100 * row.cells[c]["sub_em"])
-              for c in columns if c in row.cells and "context_tokens_mean" in row.cells[c]]
+    present = [c for c in columns if c in row.cells and "context_tokens_mean" in row.cells[c]]
+    points = [(row.cells[c]["context_tokens_mean"], 100 * row.cells[c]["sub_em"]) for c in present]
+    for c, (x, _) in zip(present, points):
+      column_x.setdefault(c, []).append(x)
     if points:
       xs, ys = zip(*points)
       style = "--" if row.mode == config_lib.FULL_CONTEXT else "-"
