@@ -4,6 +4,8 @@
     .venv/bin/python experiments/bench_rollout.py --quick    # smoke run, small sizes
     .venv/bin/python experiments/bench_rollout.py --sections 2,3   # re-run some sections: their
         # parts of results/rollout.md are replaced, the rest of the file is kept
+    .venv/bin/python experiments/bench_rollout.py --compute-dtype bfloat16 --sections 1,2
+        # the same in bf16 (ours on the weights' bf16 copy, torch cast to bf16) -> rollout_bf16.md
 
 Sections: (1) decode tokens/s vs torch `generate` (KV cache, greedy), SmolLM2-135M f32, batch 8
 and 32, 128 new tokens; (2) decode FLOP rate as a fraction of the same sampler's prefill FLOP
@@ -78,7 +80,8 @@ def decode_bytes_per_step(config, params, batch: int, capacity: int) -> int:
   """Bytes one decode step must read: every weight once (the tied embedding is the output
   projection) and the whole K/V cache, which attention reads at its full capacity."""
   weights = sum(leaf.nbytes for leaf in jax.tree.leaves(params))
-  cache = 2 * config.num_layers * batch * config.num_kv_heads * config.head_dim * capacity * 4
+  cache = (2 * config.num_layers * batch * config.num_kv_heads * config.head_dim * capacity
+           * np.dtype(config.dtype).itemsize)
   return weights + cache
 
 
@@ -124,7 +127,8 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
     # torch loaded in this process, (3) measured up to 2x slower than on its own).
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
-      seconds = pool.submit(torch_generate_seconds, tokens, prompt_len, new_tokens).result()
+      seconds = pool.submit(torch_generate_seconds, tokens, prompt_len, new_tokens,
+                            config.dtype == np.dtype(jax.numpy.bfloat16)).result()
     torch_tok_s = batch * new_tokens / seconds
   res = dict(batch=batch, ours_tok_s=batch * new_tokens / ours_total,
              ours_decode_tok_s=batch * (new_tokens - 1) / t_decode,
@@ -138,8 +142,9 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
   return res
 
 
-def torch_generate_seconds(tokens, prompt_len, new_tokens):
-  """Wall-clock seconds of `transformers` greedy generate of `new_tokens` for the batch."""
+def torch_generate_seconds(tokens, prompt_len, new_tokens, bf16=False):
+  """Wall-clock seconds of `transformers` greedy generate of `new_tokens` for the batch (with
+  `bf16`, the model's weights cast to bfloat16, torch's usual inference precision)."""
   import torch
   import transformers
 
@@ -147,6 +152,8 @@ def torch_generate_seconds(tokens, prompt_len, new_tokens):
       os.path.dirname(models.bundled_gguf_path()),
       gguf_file=os.path.basename(models.bundled_gguf_path()), dtype=torch.float32)
   model.eval()
+  if bf16:
+    model = model.to(torch.bfloat16)
   ids = torch.as_tensor(tokens, dtype=torch.long)
   kwargs = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                 pad_token_id=2, use_cache=True)
@@ -279,13 +286,21 @@ def merge_sections(old_md: str, header_note: str, blocks: dict, log_lines: list)
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--quick", action="store_true", help="small sizes, a fast smoke run")
-  parser.add_argument("--out", default=RESULTS)
+  parser.add_argument("--out", default=None,
+                      help="default results/rollout.md, or rollout_bf16.md with bfloat16")
+  parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="bfloat16: our sampler on the bf16 copy of the weights "
+                      "(`models.compute_params`, what the trainer samples from) with a bf16 KV "
+                      "cache; torch generate with its weights cast to bf16")
   parser.add_argument("--sections", default=",".join(SECTIONS),
                       help="comma-separated sections to run (1-5); with fewer than all, only "
                       "their parts of --out are replaced")
   parser.add_argument("--repeats", type=int, default=2,
                       help="runs per timing of ours (the best is reported; the machine is shared)")
   args = parser.parse_args()
+  bf16 = args.compute_dtype == "bfloat16"
+  if args.out is None:
+    args.out = RESULTS.replace("rollout.md", "rollout_bf16.md") if bf16 else RESULTS
   sections = sorted(set(args.sections.split(",")))
   if not set(sections) <= set(SECTIONS):
     parser.error(f"--sections must be a subset of {','.join(SECTIONS)}; got {args.sections}")
@@ -296,7 +311,8 @@ def main():
     lines.append(msg)
 
   t_start = time.perf_counter()
-  config, params = models.load_pretrained(models.BUNDLED_MODEL)
+  config, params = models.load_pretrained(models.BUNDLED_MODEL, compute_dtype=args.compute_dtype)
+  params = models.compute_params(config, params)
   tokenizer = models.load_tokenizer(models.BUNDLED_MODEL)
   quick = args.quick
   new_tokens = 16 if quick else 128
@@ -340,7 +356,8 @@ def main():
         "decode alternating. The CPU-time ratio uses the process's CPU seconds (all threads) "
         "instead of wall-clock seconds: other jobs move it much less. Goal: >= 50% at batch 32.",
         "",
-        "Memory floor: a decode step reads every weight once and the whole f32 K/V cache (MB read "
+        f"Memory floor: a decode step reads every weight once and the whole {config.compute_dtype} "
+        "K/V cache (MB read "
         "/ step), which cannot take less than those bytes over the measured stream bandwidth "
         f"({bandwidth:.1f} GB/s, one read and one write pass over 256 MB through XLA:CPU, best "
         "of 5). Floor / decode near 100% means the step is bound by memory traffic, not by "
@@ -411,7 +428,10 @@ def main():
         f"{fmt_load(load_end)}. **The machine is shared with other agents' jobs**, so absolute "
         "figures move with the load; both sides of each comparison ran in the same process, "
         "back to back.",
-        f"Model: SmolLM2-135M-Instruct (GGUF, dequantised to f32). Total wall time {wall:.0f} s.",
+        "Model: SmolLM2-135M-Instruct (GGUF, dequantised to f32" + (
+            "; ours samples from the bf16 copy of the weight matrices with a bf16 KV cache, "
+            "torch generate runs the model cast to bf16" if bf16 else "")
+        + f"). Total wall time {wall:.0f} s.",
         ""]
     for n in sections:
       md += blocks[n]

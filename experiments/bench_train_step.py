@@ -14,11 +14,16 @@ the compiled step's memory (`memory_analysis()`) with chunked log-probs against 
 full [B, L, V] logits, and the achieved FLOP/s as a fraction of a measured f32 matmul peak on this
 CPU. Writes experiments/results/train_step.md.
 
+With `--compute-dtype bfloat16` the same comparison runs in mixed precision: JAX keeps f32
+parameters and optimizer state and computes in bf16 (f32 accumulation, f32 log-softmax), torch runs
+its forward under `torch.autocast(bfloat16)`. Writes experiments/results/train_step_bf16.md.
+
 Last, the trainer's real workload: one update over the ragged rows of a memory-agent document
 (long prompts, short completions), packed by `rl.packing` for JAX and padded per micro-batch for
 torch, as a GRPO trainer built on `transformers` does.
 
   .venv/bin/python -m experiments.bench_train_step [--quick] [--batch 4] [--length 256]
+      [--compute-dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -64,14 +69,17 @@ def make_batch(config, batch: int, length: int, seed: int = 0) -> dict[str, np.n
   return {name: value[None] for name, value in arrays.items()}
 
 
-def matmul_peak_gflops(n: int = 2048) -> dict[str, float]:
+def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32) -> dict[str, float]:
+  """n^3 matmul GFLOP/s: numpy (f32) and jax in `dtype` with f32 accumulation and output."""
   a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-  numpy_s = time_fn(lambda: a @ a, repeats=3)
-  aj = jnp.asarray(a)
-  mm = jax.jit(lambda x: x @ x)
+  aj = jnp.asarray(a, dtype)
+  mm = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
   jax_s = time_fn(lambda: mm(aj).block_until_ready(), repeats=3)
   flops = 2.0 * n**3
-  return {"numpy": flops / numpy_s / 1e9, "jax": flops / jax_s / 1e9}
+  out = {"jax": flops / jax_s / 1e9}
+  if dtype == jnp.float32:
+    out["numpy"] = flops / time_fn(lambda: a @ a, repeats=3) / 1e9
+  return out
 
 
 def full_logits_step(config, optimizer, mesh):
@@ -207,13 +215,20 @@ def torch_model_and_optimizer(path, lr):
   return model, opt
 
 
-def torch_step_fn(path, batch_np, steps_lr):
+def _autocast(bf16: bool):
+  """torch's mixed precision, the counterpart of f32 params + `compute_dtype='bfloat16'`."""
+  import torch
+  return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def torch_step_fn(path, batch_np, steps_lr, bf16=False):
   import torch
   model, opt = torch_model_and_optimizer(path, steps_lr)
   t = {k: torch.as_tensor(v[0]) for k, v in batch_np.items()}
 
   def step():
-    logits = model(input_ids=t["tokens"].long()).logits.float()  # [B, L, V]
+    with _autocast(bf16):
+      logits = model(input_ids=t["tokens"].long()).logits.float()  # [B, L, V]
     logp = torch.log_softmax(logits, -1).gather(-1, t["targets"].long()[..., None])[..., 0]
     mask = t["loss_mask"]
     on = mask > 0
@@ -300,7 +315,7 @@ def rows_logprobs(packed: packing_lib.PackedBatch, values: np.ndarray, num_rows:
 
 
 def torch_rows_step_fn(path, rows: InteractionRows, ref_logp: list[np.ndarray], steps_lr: float,
-                       rows_per_batch: int, sort_by_length: bool):
+                       rows_per_batch: int, sort_by_length: bool, bf16: bool = False):
   """The obvious torch GRPO update over ragged rows: micro-batches of `rows_per_batch` rows, each
   padded on the right to its longest row, full logits, gradient accumulation, one AdamW step."""
   import torch
@@ -335,7 +350,8 @@ def torch_rows_step_fn(path, rows: InteractionRows, ref_logp: list[np.ndarray], 
     total = 0.0
     for t in batches:
       # Right padding under a causal mask: real tokens never see the padding, so no mask needed.
-      logits = model(input_ids=t["tokens"]).logits.float()
+      with _autocast(bf16):
+        logits = model(input_ids=t["tokens"]).logits.float()
       logp = torch.log_softmax(logits, -1).gather(-1, t["targets"][..., None])[..., 0]
       on = t["loss_mask"] > 0
       ratio = torch.where(on, logp - t["old_logp"], torch.zeros_like(logp)).clamp(-20, 20).exp()
@@ -407,7 +423,7 @@ def bench_agent_rows(path, config, params, mesh, optimizer, args) -> dict:
   # 24 GB.
   for name, sort in (("torch_in_order", False), ("torch_sorted", True)):
     worker = TorchWorker(torch_rows_step_fn, path, rows, ref_rows, OPTIM.lr,
-                         args.agent_torch_rows, sort)
+                         args.agent_torch_rows, sort, args.compute_dtype == "bfloat16")
     # Warm-up, and the first-step loss on the same weights.
     results[f"{name}_loss"] = worker.step()[2]
     results[f"{name}_padded"] = worker.padded_tokens
@@ -474,13 +490,17 @@ def main(argv=None) -> int:
                       help="rows per torch micro-batch in the memory-agent rows section")
   parser.add_argument("--agent-repeats", type=int, default=2)
   parser.add_argument("--skip-agent-rows", action="store_true")
+  parser.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="bfloat16: JAX with f32 params and bf16 compute, torch under autocast; "
+                           "writes train_step_bf16.md")
   args = parser.parse_args(argv)
   if args.quick:
     args.batch, args.length, args.repeats, args.chunk = 2, 128, 1, 64
   load_before = os.getloadavg()
   machine = machine_line()
   path = models.bundled_gguf_path()
-  config, params = models.load_pretrained(path)
+  config, params = models.load_pretrained(path, compute_dtype=args.compute_dtype)
+  bf16 = args.compute_dtype == "bfloat16"
   mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   optimizer = ts.make_optimizer(OPTIM)
   n_tokens = args.batch * args.length
@@ -527,7 +547,7 @@ def main(argv=None) -> int:
                   compiled_memory(full_logits_step(remat_config, optimizer, mesh), remat_abstract, ab)))
 
   # torch, same weights, same batch, same loss, in its own process.
-  torch_worker = TorchWorker(torch_step_fn, path, batch_np, OPTIM.lr)
+  torch_worker = TorchWorker(torch_step_fn, path, batch_np, OPTIM.lr, bf16)
   torch_first_loss = torch_worker.step()[2]
 
   # Alternate the two (and the matmul peak) so that both see the same load from other jobs.
@@ -539,7 +559,7 @@ def main(argv=None) -> int:
     wall, cpu, _ = torch_worker.step()
     torch_times.append(wall)
     torch_cpu.append(cpu)
-    peaks.append(matmul_peak_gflops())
+    peaks.append(matmul_peak_gflops(dtype=config.dtype))
   torch_worker.close()
   del holder, state
   breakdown = step_breakdown(config, params, batch_np, optimizer, args.chunk,
@@ -561,10 +581,14 @@ def main(argv=None) -> int:
   fmt_load = lambda load: ", ".join(f"{x:.2f}" for x in load)
   lines = [
       "# GRPO update throughput and memory: jitted train step vs transformers (torch)", "",
-      f"SmolLM2-135M-Instruct (GGUF dequantised to float32), one update over {args.batch} x "
+      f"SmolLM2-135M-Instruct (GGUF dequantised to float32), "
+      + ("computing in float32" if not bf16 else "float32 parameters and optimizer state, "
+         "computing in bfloat16 (JAX `compute_dtype='bfloat16'`, f32 accumulation; torch under "
+         "`torch.autocast(bfloat16)`)") + f", one update over {args.batch} x "
       f"{args.length} tokens (forward + backward + global-norm clip + AdamW), PPO-clip loss with k3 "
       f"KL (kl_coef {LOSS.kl_coef}), {args.repeats} steps each after the compiling one, JAX and torch steps alternating. "
-      "Command: `.venv/bin/python -m experiments.bench_train_step" + (" --quick" if args.quick else "") + "`.", "",
+      "Command: `.venv/bin/python -m experiments.bench_train_step" + (" --quick" if args.quick else "")
+      + (" --compute-dtype bfloat16" if bf16 else "") + "`.", "",
       f"Machine: {machine}. Load average after: {fmt_load(load_after)}. The machine is shared with "
       "other agents' jobs (2 cores), so absolute numbers move by tens of percent between runs; "
       "the two implementations ran one after the other, torch in a child process (`TorchWorker`: "
@@ -598,8 +622,9 @@ def main(argv=None) -> int:
       f"Model FLOPs = 3 x forward FLOPs (`ModelConfig.flops_per_token` at context {args.length}, "
       f"which counts full rather than causal attention) x tokens. XLA's own count for the compiled "
       f"step: {chunked_mem['flops'] / 1e9:.1f} GFLOP per update (model count "
-      f"{model_flops / 1e9:.1f}). Matmul peak, 2048^3 f32: numpy {peak['numpy']:.1f} GFLOP/s, "
-      f"jax {peak['jax']:.1f} GFLOP/s; the fraction uses the larger.", "",
+      f"{model_flops / 1e9:.1f}). Matmul peak, 2048^3 {config.compute_dtype} with f32 "
+      f"accumulation: " + ", ".join(f"{name} {value:.1f} GFLOP/s" for name, value in peak.items())
+      + "; the fraction uses the larger.", "",
       "## Memory of the compiled step (`compiled.memory_analysis()`)", "",
       "Temporary buffers are the activations and workspace; arguments are params, optimizer "
       "state and batch (donated, so outputs alias them).", "",
@@ -620,7 +645,7 @@ def main(argv=None) -> int:
   text = "\n".join(lines)
   print(text)
   if not args.quick:  # a quick run is a smoke test; it does not replace the recorded results
-    print(f"wrote {write_results('train_step.md', text)}")
+    print(f"wrote {write_results('train_step_bf16.md' if bf16 else 'train_step.md', text)}")
   return 0
 
 

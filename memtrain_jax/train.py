@@ -22,6 +22,7 @@ a resumed run reproduces the uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -379,6 +380,9 @@ def train(cfg, workdir: str) -> dict[str, float]:
 
   sampler = Sampler(model_config, tokenizer, sampler_config(cfg), mesh=mesh)
   rollout_shardings = shd.param_shardings(model_config, mesh, "rollout")
+  # Rollouts sample from the weights in the compute dtype (a no-op copy for f32 training).
+  rollout_copy = jax.jit(functools.partial(models.compute_params, model_config),
+                         out_shardings=rollout_shardings)
   optimizer = step_lib.make_optimizer(config_lib.optim_section(cfg), config_lib.updates_per_step(cfg))
   loss_cfg = config_lib.loss_config(cfg)
   adv_cfg = config_lib.advantage_config(cfg)
@@ -417,7 +421,7 @@ def train(cfg, workdir: str) -> dict[str, float]:
       step = done + 1
       documents = [next(stream) for _ in range(cfg.train.batch_documents)]
       with timer.section("rollout"):
-        rollout_params = jax.device_put(state.params, rollout_shardings)
+        rollout_params = rollout_copy(state.params)
         if retriever is not None:
           batch = collect_search_rollouts(cfg, step, sampler, rollout_params, documents, retriever)
         else:

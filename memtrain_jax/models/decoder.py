@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memtrain_jax.models import block_attention
 from memtrain_jax.models.config import ModelConfig
 from memtrain_jax.models.params import is_stacked, unembedding
 
@@ -77,7 +78,13 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def _dense(x: jax.Array, w: jax.Array, in_axes: int = 1) -> jax.Array:
-  """x [..., *w.shape[:in_axes]] @ w -> [..., *w.shape[in_axes:]], as one 2-D matmul.
+  """x [..., *w.shape[:in_axes]] @ w -> [..., *w.shape[in_axes:]] in x's dtype, as one 2-D matmul.
+
+  `w` may be held in a wider dtype than x (float32 parameters, bfloat16 compute): it is cast to
+  x's dtype for the matmul, and its gradient comes back in its own dtype, accumulated in float32.
+  Every matmul accumulates in float32 (`preferred_element_type`): besides the precision, XLA:CPU
+  only runs bfloat16 matmuls on its fast path (AMX / AVX512-BF16) when they produce float32; a
+  bfloat16 output measured 5x slower on a Xeon with AMX, no faster than float32.
 
   The leading axes of `x` and the weight's input and output axes are flattened first (free
   reshapes of contiguous arrays). With the 3-D einsum instead, XLA:CPU computes the weight gradient
@@ -86,15 +93,59 @@ def _dense(x: jax.Array, w: jax.Array, in_axes: int = 1) -> jax.Array:
   """
   k = int(np.prod(w.shape[:in_axes]))
   lead = x.shape[:x.ndim - in_axes]
-  y = x.reshape(-1, k) @ w.reshape(k, -1)
+  y = _matmul(x.reshape(-1, k), w.reshape(k, -1))
   return y.reshape(*lead, *w.shape[in_axes:])
+
+
+def _mm(a: jax.Array, b: jax.Array, contract: tuple[int, int], out_dtype) -> jax.Array:
+  """a . b contracting axis contract[0] of a with contract[1] of b, f32 accumulation."""
+  out = jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())),
+                            preferred_element_type=jnp.float32)
+  return out.astype(out_dtype)
+
+
+@jax.custom_vjp
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """x [N, K] @ w [K, M] in x's dtype (w cast to it), accumulated in float32."""
+  return _mm(x, w.astype(x.dtype), (1, 0), x.dtype)
+
+
+def _matmul_fwd(x, w):
+  return _matmul(x, w), (x, w)
+
+
+def _matmul_bwd(residuals, d_y):
+  # Both GEMMs take compute-dtype operands and accumulate in f32; the weight's cotangent stays f32
+  # (when w is) instead of being rounded to the compute dtype and widened again.
+  x, w = residuals
+  d_y = d_y.astype(x.dtype)
+  d_x = _mm(d_y, w.astype(x.dtype), (1, 1), x.dtype)
+  if x.dtype == jnp.float32:  # f32 matmuls take a transposed operand at full speed
+    return d_x, _mm(x, d_y, (0, 0), w.dtype)
+  return d_x, _mm(gemm_transpose(x), d_y, (1, 0), w.dtype)
+
+
+def gemm_transpose(x: jax.Array) -> jax.Array:
+  """x [N, K] -> x^T [K, N] materialised, for a GEMM operand that must be (rows, contraction).
+
+  XLA folds a plain transpose into the dot as contracting dimension 0 of the left operand, which
+  XLA:CPU's fast low-precision matmul does not take; it then falls back to a float32 matmul over
+  upcast copies (4-5x slower for a bf16 weight gradient on AMX). A transpose through a unit axis
+  is not folded, so the copy is made (N x K elements, small next to the GEMM) and the dot stays
+  on the fast path.
+  """
+  n, k = x.shape
+  return jnp.swapaxes(x.reshape(n, k, 1), 0, 2).reshape(k, n)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def _project_qkv(config: ModelConfig, lp: Params, x: jax.Array, cos, sin):
   dtype = config.dtype
-  q = _dense(x, lp["wq"].astype(dtype))
-  k = _dense(x, lp["wk"].astype(dtype))
-  v = _dense(x, lp["wv"].astype(dtype))
+  q = _dense(x, lp["wq"])
+  k = _dense(x, lp["wk"])
+  v = _dense(x, lp["wv"])
   if config.qkv_bias:
     q = q + lp["bq"].astype(dtype)
     k = k + lp["bk"].astype(dtype)
@@ -103,6 +154,10 @@ def _project_qkv(config: ModelConfig, lp: Params, x: jax.Array, cos, sin):
     q = rms_norm(q, lp["q_norm"], config.rms_norm_eps)
     k = rms_norm(k, lp["k_norm"], config.rms_norm_eps)
   return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+# Query positions per block of `causal_attention`.
+ATTENTION_BLOCK = 128
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -117,12 +172,17 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                     block: int = 128) -> jax.Array:
+                     block: int = ATTENTION_BLOCK, first_key_blocks=None) -> jax.Array:
   """`attention` for a full causal sequence (S == T), skipping the key blocks above the diagonal.
 
   Query block i only attends to keys [0, (i + 1) * block): about half of the score matrix is never
   computed, nor softmaxed, which matters because XLA:CPU materialises the scores in float32.
+  With `first_key_blocks` (`block_attention.first_key_blocks(mask, block)`), query block i also
+  skips the key blocks before the first one its queries can see (packed rows):
+  `block_attention.skipping_causal_attention`.
   """
+  if first_key_blocks is not None:
+    return block_attention.skipping_causal_attention(q, k, v, mask, first_key_blocks, block)
   k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
   t = q.shape[1]
   outs = []
@@ -201,44 +261,56 @@ _swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 def _mlp(config: ModelConfig, lp: Params, x: jax.Array) -> jax.Array:
-  dtype = config.dtype
-  gate = _dense(x, lp["w_gate"].astype(dtype))
-  up = _dense(x, lp["w_up"].astype(dtype))
-  return _dense(_swiglu(gate, up), lp["w_down"].astype(dtype))
+  gate = _dense(x, lp["w_gate"])
+  up = _dense(x, lp["w_up"])
+  return _dense(_swiglu(gate, up), lp["w_down"])
 
 
-def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, write_index=None):
+def _cache_write(cache: jax.Array, update: jax.Array, index: tuple) -> jax.Array:
+  """`cache` with `update` written at `index`.
+
+  A 16-bit float cache is written through its bits as uint16: XLA:CPU has no bf16
+  dynamic-update-slice, so it upcast the whole cache to f32, wrote the token and rounded the
+  cache back on every decode step, re-reading and re-writing all of it in f32 per layer (bf16
+  decode at batch 32: 140 -> 112 ms per step). The bitcasts are free.
+  """
+  update = update.astype(cache.dtype)
+  if cache.dtype.itemsize != 2 or not jnp.issubdtype(cache.dtype, jnp.floating):
+    return jax.lax.dynamic_update_slice(cache, update, index)
+  bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
+  written = jax.lax.dynamic_update_slice(bits(cache), bits(update), index)
+  return jax.lax.bitcast_convert_type(written, cache.dtype)
+
+
+def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, write_index=None,
+           first_key_blocks=None):
   """One pre-norm decoder layer. Returns (x, new_kv_cache or None)."""
   h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
   q, k, v = _project_qkv(config, lp, h, cos, sin)
   new_cache = None
   if kv_cache is None:
-    attn = causal_attention(q, k, v, mask)
+    attn = causal_attention(q, k, v, mask, first_key_blocks=first_key_blocks)
   else:
     # The cache is heads-major, K as [B, K, D, S] and V as [B, K, S, D]: attention reads both as
     # they lie, without a per-step transpose or repack of the whole cache. Only the block's own
     # few K/V columns are transposed, on the way in.
     zero = jnp.zeros((), jnp.int32)
-    k_all = jax.lax.dynamic_update_slice(
-        kv_cache["k"], k.transpose(0, 2, 3, 1).astype(kv_cache["k"].dtype),
-        (zero, zero, zero, write_index))
-    v_all = jax.lax.dynamic_update_slice(
-        kv_cache["v"], jnp.swapaxes(v, 1, 2).astype(kv_cache["v"].dtype),
-        (zero, zero, write_index, zero))
+    k_all = _cache_write(kv_cache["k"], k.transpose(0, 2, 3, 1), (zero, zero, zero, write_index))
+    v_all = _cache_write(kv_cache["v"], jnp.swapaxes(v, 1, 2), (zero, zero, write_index, zero))
     new_cache = {"k": k_all, "v": v_all}
     attn = cached_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask)
-  x = x + _dense(attn, lp["wo"].astype(config.dtype), in_axes=2)
+  x = x + _dense(attn, lp["wo"], in_axes=2)
   h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
   x = x + _mlp(config, lp, h)
   return x, new_cache
 
 
 def _run_layers(config: ModelConfig, params: Params, x, cos, sin, mask, cache=None,
-                write_index=None):
+                write_index=None, first_key_blocks=None):
   """Runs every layer, unrolled (list of layers) or with lax.scan (stacked layers)."""
 
   def body(x, lp, kv):
-    return _layer(config, lp, x, cos, sin, mask, kv, write_index)
+    return _layer(config, lp, x, cos, sin, mask, kv, write_index, first_key_blocks)
 
   if config.remat:
     body = jax.checkpoint(body, prevent_cse=not is_stacked(params))
@@ -297,14 +369,25 @@ def forward_hidden(config: ModelConfig, params: Params, tokens: jax.Array, *, po
     mask &= (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
   cos, sin = rope_cos_sin(config, positions)
   x = _embed(config, params, tokens)
-  x, _ = _run_layers(config, params, x, cos, sin, mask)
+  # Packed lines: each query block skips the key blocks none of its queries can see.
+  firsts = (block_attention.first_key_blocks(mask, ATTENTION_BLOCK) if t > ATTENTION_BLOCK
+            else None)
+  x, _ = _run_layers(config, params, x, cos, sin, mask, first_key_blocks=firsts)
   return rms_norm(x, params["final_norm"], config.rms_norm_eps)
 
 
 def logits_from_hidden(config: ModelConfig, params: Params, hidden: jax.Array) -> jax.Array:
   """float32 logits from hidden states (the matmul in the compute dtype, f32 accumulation)."""
-  w = unembedding(config, params).astype(config.dtype)
-  return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+  lead, d = hidden.shape[:-1], hidden.shape[-1]
+  rows = hidden.reshape(-1, d)
+  if config.tie_embeddings:
+    # Contract with the [vocab, embed] table as it lies. Written as `hidden @ embed.T`, XLA:CPU
+    # folds the transpose only after choosing the matmul kernel, so a bf16 head ran as an f32
+    # matmul over an upcast copy of the table (3x slower per decode step than this form).
+    logits = _mm(rows, params["embed"].astype(config.dtype), (1, 1), jnp.float32)
+  else:
+    logits = _mm(rows, unembedding(config, params).astype(config.dtype), (1, 0), jnp.float32)
+  return logits.reshape(*lead, -1)
 
 
 def forward(config: ModelConfig, params: Params, tokens: jax.Array, *, positions=None,

@@ -106,6 +106,25 @@ def init_params(config: ModelConfig, seed: int = 0, scale: float = 0.02) -> dict
   return stack_layers(params) if config.scan_layers else params
 
 
+def compute_params(config: ModelConfig, params: dict) -> dict:
+  """The weight matrices in the compute dtype, where the parameters are wider (f32 master
+  weights, bf16 compute): the copy the rollouts sample from.
+
+  The forward casts every matrix to the compute dtype where it uses it, so its outputs are
+  bit-identical with this copy; but a decode loop would re-read the f32 weights (twice the bytes)
+  and cast them at every token. Vectors (norm scales, biases) keep their dtype, as the forward
+  reads them in f32 anyway.
+  """
+  target = config.dtype
+
+  def cast(p):
+    narrower = (jnp.issubdtype(p.dtype, jnp.floating)
+                and jnp.finfo(p.dtype).bits > jnp.finfo(target).bits)
+    return p.astype(target) if narrower and p.ndim >= 2 else p
+
+  return jax.tree.map(cast, params)
+
+
 def is_stacked(params: dict) -> bool:
   return isinstance(params["layers"], dict)
 

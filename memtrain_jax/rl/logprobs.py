@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memtrain_jax.models.decoder import gemm_transpose
+
 
 def _project(hidden: jax.Array, weight: jax.Array, vocab_major: bool) -> jax.Array:
   """f32 logits [C, V] of hidden [C, D] (matmul in the input dtype, f32 accumulation)."""
@@ -68,11 +70,13 @@ def _chunk_backward(hidden, weight, targets, lse, entropy, g_logp, g_entropy, vo
   d_logits = d_logits.astype(hidden.dtype)
   d_hidden = jax.lax.dot_general(d_logits, weight, (((1,), (0 if vocab_major else 1,)), ((), ())),
                                  preferred_element_type=jnp.float32).astype(hidden.dtype)
-  if vocab_major:  # [V, D] = d_logits^T hidden
-    d_weight = jax.lax.dot_general(d_logits, hidden, (((0,), (0,)), ((), ())),
+  # [V, D] = d_logits^T hidden, or [D, V] = hidden^T d_logits.
+  left, right = (d_logits, hidden) if vocab_major else (hidden, d_logits)
+  if hidden.dtype == jnp.float32:
+    d_weight = jax.lax.dot_general(left, right, (((0,), (0,)), ((), ())),
                                    preferred_element_type=jnp.float32)
-  else:  # [D, V] = hidden^T d_logits
-    d_weight = jax.lax.dot_general(hidden, d_logits, (((0,), (0,)), ((), ())),
+  else:  # low precision: the fast GEMM needs the left operand as (rows, contraction)
+    d_weight = jax.lax.dot_general(gemm_transpose(left), right, (((1,), (0,)), ((), ())),
                                    preferred_element_type=jnp.float32)
   return d_hidden, d_weight
 

@@ -149,3 +149,85 @@ def test_causal_block_attention_equals_full_attention():
   full = decoder.attention(q, k, v, mask)
   blocked = decoder.causal_attention(q, k, v, mask, block=64)
   np.testing.assert_allclose(np.asarray(blocked), np.asarray(full), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_matmul_gradients_match_float64(dtype):
+  """`decoder._matmul` (the hand-written VJP behind every projection): output and both cotangents
+  against float64 NumPy, with f32 weights. The weight's cotangent comes back float32 whatever the
+  compute dtype, and the bf16 path (which materialises x^T for the fast GEMM) is the same math."""
+  from memtrain_jax.models import decoder
+  rng = np.random.default_rng(11)
+  n, k, m = 24, 40, 56
+  x32 = rng.standard_normal((n, k)).astype(np.float32)
+  w = rng.standard_normal((k, m)).astype(np.float32)
+  d_y32 = rng.standard_normal((n, m)).astype(np.float32)
+  x, d_y = jnp.asarray(x32, dtype), jnp.asarray(d_y32, dtype)
+  y, vjp = jax.vjp(decoder._matmul, x, jnp.asarray(w))
+  d_x, d_w = vjp(d_y)
+  assert y.dtype == dtype and d_x.dtype == dtype and d_w.dtype == jnp.float32
+  # The reference sees the operands as the compute dtype rounds them.
+  xr, wr, dyr = (np.asarray(jnp.asarray(a, dtype).astype(jnp.float32), np.float64)
+                 for a in (x32, w, d_y32))
+  scale = 1e-5 if dtype == jnp.float32 else 2e-2  # bf16 rounds the outputs to 8 bits
+  for got, want in ((y, xr @ wr), (d_x, dyr @ wr.T), (d_w, xr.T @ dyr)):
+    got = np.asarray(jnp.asarray(got, jnp.float32), np.float64)
+    assert np.abs(got - want).max() <= scale * np.abs(want).max(), (got - want)
+  if dtype == jnp.bfloat16:
+    # d_w is accumulated and returned in f32, not rounded to bf16.
+    assert np.abs(np.asarray(d_w, np.float64) - xr.T @ dyr).max() < 1e-4 * np.abs(xr.T @ dyr).max()
+
+
+def test_bfloat16_compute_with_float32_params_trains_close_to_float32(tiny):
+  """Mixed precision as the trainer runs it: f32 parameters, bf16 compute. Logits and the
+  gradient of a loss stay close to the f32 model's, and every gradient is f32."""
+  import dataclasses
+  _, path = tiny
+  config, params = models.load_pretrained(path)
+  mixed = dataclasses.replace(config, compute_dtype="bfloat16")
+  tokens = jnp.asarray(_tokens(config.vocab_size, 2, 12, seed=3))
+
+  def loss(cfg, p):
+    logp = jax.nn.log_softmax(models.forward(cfg, p, tokens)[:, :-1])
+    return -jnp.mean(jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1))
+
+  loss32, grads32 = jax.value_and_grad(lambda p: loss(config, p))(params)
+  loss16, grads16 = jax.value_and_grad(lambda p: loss(mixed, p))(params)
+  assert abs(float(loss16) - float(loss32)) < 0.02 * abs(float(loss32))
+  g32 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads32)])
+  g16 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads16)])
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads16))
+  cosine = g16 @ g32 / (np.linalg.norm(g16) * np.linalg.norm(g32))
+  assert cosine > 0.99, cosine
+
+
+def test_compute_params_copy_gives_the_same_bf16_forward(tiny):
+  """The rollouts' bf16 copy of f32 master weights: matrices narrowed, vectors kept, and the
+  forward (full and cached) bit-identical to the one that casts at each use."""
+  import dataclasses
+  _, path = tiny
+  config, params = models.load_pretrained(path)
+  mixed = dataclasses.replace(config, compute_dtype="bfloat16")
+  copy = models.compute_params(mixed, params)
+  assert copy["embed"].dtype == jnp.bfloat16 and copy["final_norm"].dtype == jnp.float32
+  assert copy["layers"][0]["wq"].dtype == jnp.bfloat16
+  assert copy["layers"][0]["attn_norm"].dtype == jnp.float32
+  assert models.compute_params(config, params)["embed"].dtype == jnp.float32  # f32 compute: no-op
+  tokens = jnp.asarray(_tokens(config.vocab_size, 2, 10, seed=4))
+  np.testing.assert_array_equal(np.asarray(models.forward(mixed, copy, tokens)),
+                                np.asarray(models.forward(mixed, params, tokens)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_cache_write_equals_dynamic_update_slice(dtype):
+  """The cache write (through uint16 bits for 16-bit floats) stores exactly the update."""
+  from memtrain_jax.models import decoder
+  rng = np.random.default_rng(5)
+  cache = jnp.asarray(rng.standard_normal((2, 3, 4, 10)), dtype)
+  update = jnp.asarray(rng.standard_normal((2, 3, 4, 1)), jnp.float32)
+  index = (jnp.int32(0), jnp.int32(0), jnp.int32(0), jnp.int32(7))
+  got = jax.jit(decoder._cache_write)(cache, update, index)
+  want = jax.lax.dynamic_update_slice(cache, update.astype(dtype), index)
+  assert got.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+  assert not np.array_equal(np.asarray(got, np.float32), np.asarray(cache, np.float32))

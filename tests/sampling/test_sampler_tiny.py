@@ -53,6 +53,26 @@ def test_logprobs_equal_a_fresh_forward(params, sampler, temperature, top_p, top
       assert np.isfinite(out.sampling_logprobs[r]).all()
 
 
+def test_bf16_rollouts_on_the_compute_copy_match_a_bf16_forward(params):
+  """Mixed precision as the trainer samples: f32 master weights, their bf16 copy
+  (`models.compute_params`), a bf16 KV cache. Log-probs match a fresh bf16 forward over prompt +
+  completion to bf16 accuracy, and greedy tokens are its argmax where the top two are apart."""
+  mixed = CONFIG.replace(compute_dtype="bfloat16")
+  copy = models.compute_params(mixed, params)
+  sampler16 = Sampler(mixed, IdTokenizer(), SAMPLER_CONFIG)
+  prompts = random_prompts(CONFIG.vocab_size, LENGTHS)
+  out = sampler16.generate(copy, prompts, temperature=0.0)
+  for r, prompt in enumerate(prompts):
+    full = jnp.asarray(np.concatenate([prompt, out.tokens[r]])[None])
+    logp = np.asarray(jax.nn.log_softmax(models.forward(mixed, params, full), axis=-1))[0]
+    rows = logp[len(prompt) - 1:len(prompt) - 1 + len(out.tokens[r])]
+    ref = rows[np.arange(len(out.tokens[r])), out.tokens[r]]
+    np.testing.assert_array_less(np.abs(ref - out.logprobs[r]), 0.05)
+    top2 = np.sort(rows, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.1
+    np.testing.assert_array_equal(rows.argmax(-1)[clear], out.tokens[r][clear])
+
+
 def test_changing_knobs_recompiles_nothing(params, sampler):
   prompts = random_prompts(CONFIG.vocab_size, LENGTHS)
   sampler.generate(params, prompts, temperature=1.0)
