@@ -341,15 +341,16 @@ def main():
         "## (2) Decode FLOP rate as a fraction of prefill FLOP rate (same sampler programs)", "",
         "| batch | prefill tok/s | prefill GFLOP/s | decode ms / step | decode GFLOP/s "
         "| decode / prefill | same, by CPU time | MB read / step | memory floor ms / step "
-        "| floor / decode | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| floor / decode | decode / prefill at the floor | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in vs:
       floor_ms = v["decode_mb_per_step"] / 1e3 / bandwidth * 1e3
       blocks["2"].append(
           f"| {v['batch']} | {v['prefill_tok_s']:.0f} | {v['prefill_gflops']:.1f} | "
           f"{v['decode_step_ms']:.0f} | {v['decode_gflops']:.1f} | {100 * v['flop_ratio']:.0f}% | "
           f"{100 * v['cpu_flop_ratio']:.0f}% | {v['decode_mb_per_step']:.0f} | {floor_ms:.0f} | "
-          f"{100 * floor_ms / v['decode_step_ms']:.0f}% | {v['load']:.1f} |")
+          f"{100 * floor_ms / v['decode_step_ms']:.0f}% | "
+          f"{100 * v['flop_ratio'] * v['decode_step_ms'] / floor_ms:.0f}% | {v['load']:.1f} |")
     blocks["2"] += [
         "", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
         f"over real context). Each program's time is the best of {args.repeats} runs, prefill and "
@@ -362,7 +363,9 @@ def main():
         f"({bandwidth:.1f} GB/s, one read and one write pass over 256 MB through XLA:CPU, best "
         "of 5). Floor / decode near 100% means the step is bound by memory traffic, not by "
         "arithmetic: only fewer bytes (a bf16 cache or weights, or reading only the filled cache "
-        "slots) would make it faster.", ""]
+        "slots) would make it faster. Decode / prefill at the floor is the FLOP-rate ratio a "
+        "decode step running exactly at the memory floor would reach: the ceiling of this ratio "
+        "on this machine for these bytes.", ""]
   if "3" in sections:
     log("(3) memory agent time per chunk")
     chunk_counts = (1, 2) if quick else (2, 4, 8, 16)
