@@ -380,9 +380,13 @@ def train(cfg, workdir: str) -> dict[str, float]:
 
   sampler = Sampler(model_config, tokenizer, sampler_config(cfg), mesh=mesh)
   rollout_shardings = shd.param_shardings(model_config, mesh, "rollout")
-  # Rollouts sample from the weights in the compute dtype (a no-op copy for f32 training).
-  rollout_copy = jax.jit(functools.partial(models.compute_params, model_config),
-                         out_shardings=rollout_shardings)
+  # Rollouts sample from the weight matrices in the compute dtype: with f32 master weights and
+  # bf16 compute, a bf16 copy (half the bytes per decode step); otherwise the weights themselves.
+  if model_config.dtype != model_config.weight_dtype:
+    rollout_copy = jax.jit(functools.partial(models.compute_params, model_config),
+                           out_shardings=rollout_shardings)
+  else:
+    rollout_copy = functools.partial(jax.device_put, device=rollout_shardings)
   optimizer = step_lib.make_optimizer(config_lib.optim_section(cfg), config_lib.updates_per_step(cfg))
   loss_cfg = config_lib.loss_config(cfg)
   adv_cfg = config_lib.advantage_config(cfg)

@@ -8,9 +8,10 @@ j <= i, although its queries only see their own segment: in a 1024-token line of
 Here the first key block that any query of block i can see is read from the mask at run time
 (`first_key_blocks`), and the block's attention runs over keys [lo * block, (i + 1) * block)
 only, for the largest lo <= that first block among a few static choices
-(`first_block_choices`): a `lax.switch`, each branch a dense attention of static shape. The gradient is hand-written (flash-attention style: the backward recomputes the
-probabilities from the saved log-sum-exp inside the same switch), because autodiff of a switch
-would keep every branch's residuals, all but one of them zeros.
+(`first_block_choices`): a `lax.switch`, each branch a dense attention of static shape. The
+gradient is hand-written (flash-attention style: the backward recomputes the probabilities from
+the saved log-sum-exp inside the same switch), because autodiff of a switch would keep every
+branch's residuals, all but one of them zeros.
 
 Exact for any mask: keys before the first visible block are masked for every query of the block,
 so dropping them changes nothing.
@@ -151,7 +152,7 @@ def _vjp_forward(q, k, v, mask, firsts, block):
 
 def _vjp_backward(block, residuals, d_out):
   k, v, mask, firsts, saved = residuals
-  b, t, kv_heads, d = k.shape
+  _, t, kv_heads, d = k.shape
   kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
   d_q_blocks = []
   d_kh = jnp.zeros(kh.shape, jnp.float32)
