@@ -416,7 +416,8 @@ def main():
 
   if len(sections) < len(SECTIONS) and os.path.exists(args.out):
     note = (f"Re-run of sections {', '.join(f'({n})' for n in sections)} on "
-            f"{time.strftime('%Y-%m-%d')} ({cpu_model()}): load average at start {fmt_load(load_start)}, at end "
+            f"{time.strftime('%Y-%m-%d')} ({cpu_model()}): load average at start "
+            f"{fmt_load(load_start)}, at end "
             f"{fmt_load(load_end)}, wall time {wall:.0f} s; the other sections are from the run "
             "described above.")
     with open(args.out) as f:
