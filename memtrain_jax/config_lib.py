@@ -34,8 +34,8 @@ def base_config() -> ConfigDict:
   cfg.model.path = "bundled:smollm2-135m-instruct"
   cfg.model.param_dtype = "float32"  # paper: bf16 (veRL keeps f32 master weights under FSDP)
   # 'bfloat16' with f32 params: mixed precision (f32 master weights and gradients, bf16 matmuls
-  # with f32 accumulation; rollouts sample from a bf16 copy). 2x faster steps on CPUs with AMX or
-  # AVX512-BF16 (README, "Models"); much slower on CPUs without them.
+  # with f32 accumulation; rollouts sample from a bf16 copy). Updates 1.6-1.7x faster on a Xeon
+  # with AMX (experiments/results/train_step*.md); much slower on CPUs without bf16 instructions.
   cfg.model.compute_dtype = "float32"
   cfg.model.scan_layers = False  # lax.scan over stacked layers: faster compiles for deep models
   cfg.model.remat = False  # rematerialise each layer in the backward pass

@@ -115,7 +115,8 @@ def _switch(i: int, first: jax.Array, make_branch):
 
 
 def _forward(q, k, v, mask, firsts, block):
-  """out [B, T, H, D] and, per query block, (qg, out, lse) for the backward pass."""
+  """out [B, T, H, D]; and the heads-major keys and values [B, K, T, D] with, per query block,
+  (qg, out, lse), for the backward pass."""
   t = q.shape[1]
   kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, K, T, D]
   outs, saved = [], []
@@ -133,7 +134,7 @@ def _forward(q, k, v, mask, firsts, block):
     out, lse = _switch(i, firsts[i], branch)
     outs.append(_queries_major(out, end - start))
     saved.append((qg, out, lse))
-  return jnp.concatenate(outs, axis=1), saved
+  return jnp.concatenate(outs, axis=1), (kh, vh, saved)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -146,14 +147,13 @@ def skipping_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: ja
 
 
 def _vjp_forward(q, k, v, mask, firsts, block):
-  out, saved = _forward(q, k, v, mask, firsts, block)
-  return out, (k, v, mask, firsts, saved)
+  out, (kh, vh, saved) = _forward(q, k, v, mask, firsts, block)
+  return out, (kh, vh, mask, firsts, saved)
 
 
 def _vjp_backward(block, residuals, d_out):
-  k, v, mask, firsts, saved = residuals
-  _, t, kv_heads, d = k.shape
-  kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+  kh, vh, mask, firsts, saved = residuals
+  _, kv_heads, t, d = kh.shape
   d_q_blocks = []
   d_kh = jnp.zeros(kh.shape, jnp.float32)
   d_vh = jnp.zeros(vh.shape, jnp.float32)
@@ -173,8 +173,8 @@ def _vjp_backward(block, residuals, d_out):
     d_kh, d_vh = d_kh + d_k, d_vh + d_v
     # Scores are (q / sqrt(D)) . k: the cotangent of q carries the same 1/sqrt(D).
     d_q_blocks.append(_queries_major(d_qg / np.sqrt(d), end - start))
-  d_q = jnp.concatenate(d_q_blocks, axis=1).astype(k.dtype)
-  return (d_q, jnp.swapaxes(d_kh, 1, 2).astype(k.dtype), jnp.swapaxes(d_vh, 1, 2).astype(v.dtype),
+  d_q = jnp.concatenate(d_q_blocks, axis=1).astype(kh.dtype)
+  return (d_q, jnp.swapaxes(d_kh, 1, 2).astype(kh.dtype), jnp.swapaxes(d_vh, 1, 2).astype(vh.dtype),
           None, None)
 
 

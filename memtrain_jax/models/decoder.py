@@ -119,23 +119,23 @@ def _matmul_bwd(residuals, d_y):
   # (when w is) instead of being rounded to the compute dtype and widened again.
   x, w = residuals
   d_y = d_y.astype(x.dtype)
-  d_x = _mm(d_y, w.astype(x.dtype), (1, 1), x.dtype)
-  if x.dtype == jnp.float32:  # f32 matmuls take a transposed operand at full speed
-    return d_x, _mm(x, d_y, (0, 0), w.dtype)
-  return d_x, _mm(gemm_transpose(x), d_y, (1, 0), w.dtype)
+  return _mm(d_y, w.astype(x.dtype), (1, 1), x.dtype), matmul_tn(x, d_y).astype(w.dtype)
 
 
-def gemm_transpose(x: jax.Array) -> jax.Array:
-  """x [N, K] -> x^T [K, N] materialised, for a GEMM operand that must be (rows, contraction).
+def matmul_tn(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a^T b in f32 (f32 accumulation) for a [N, K], b [N, M]: the weight-gradient GEMM.
 
-  XLA folds a plain transpose into the dot as contracting dimension 0 of the left operand, which
-  XLA:CPU's fast low-precision matmul does not take; it then falls back to a float32 matmul over
-  upcast copies (4-5x slower for a bf16 weight gradient on AMX). A transpose through a unit axis
-  is not folded, so the copy is made (N x K elements, small next to the GEMM) and the dot stays
-  on the fast path.
+  XLA folds a plain transpose of `a` into the dot as contracting dimension 0 of the left operand,
+  which XLA:CPU's fast low-precision matmul does not take; it then falls back to a float32 matmul
+  over upcast copies (4-5x slower for a bf16 weight gradient on AMX). For low-precision operands
+  a^T is therefore materialised through a unit axis, which is not folded (N x K elements, small
+  next to the GEMM); f32 matmuls take the transposed operand at full speed.
   """
-  n, k = x.shape
-  return jnp.swapaxes(x.reshape(n, k, 1), 0, 2).reshape(k, n)
+  if a.dtype == jnp.float32:
+    return _mm(a, b, (0, 0), jnp.float32)
+  n, k = a.shape
+  a_t = jnp.swapaxes(a.reshape(n, k, 1), 0, 2).reshape(k, n)
+  return _mm(a_t, b, (1, 0), jnp.float32)
 
 
 _matmul.defvjp(_matmul_fwd, _matmul_bwd)

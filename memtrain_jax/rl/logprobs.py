@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from memtrain_jax.models.decoder import gemm_transpose
+from memtrain_jax.models.decoder import matmul_tn
 
 
 def _project(hidden: jax.Array, weight: jax.Array, vocab_major: bool) -> jax.Array:
@@ -71,13 +71,7 @@ def _chunk_backward(hidden, weight, targets, lse, entropy, g_logp, g_entropy, vo
   d_hidden = jax.lax.dot_general(d_logits, weight, (((1,), (0 if vocab_major else 1,)), ((), ())),
                                  preferred_element_type=jnp.float32).astype(hidden.dtype)
   # [V, D] = d_logits^T hidden, or [D, V] = hidden^T d_logits.
-  left, right = (d_logits, hidden) if vocab_major else (hidden, d_logits)
-  if hidden.dtype == jnp.float32:
-    d_weight = jax.lax.dot_general(left, right, (((0,), (0,)), ((), ())),
-                                   preferred_element_type=jnp.float32)
-  else:  # low precision: the fast GEMM needs the left operand as (rows, contraction)
-    d_weight = jax.lax.dot_general(gemm_transpose(left), right, (((1,), (0,)), ((), ())),
-                                   preferred_element_type=jnp.float32)
+  d_weight = matmul_tn(d_logits, hidden) if vocab_major else matmul_tn(hidden, d_logits)
   return d_hidden, d_weight
 
 

@@ -181,10 +181,9 @@ def test_dense_matmul_gradients_match_float64(dtype):
 def test_bfloat16_compute_with_float32_params_trains_close_to_float32(tiny):
   """Mixed precision as the trainer runs it: f32 parameters, bf16 compute. Logits and the
   gradient of a loss stay close to the f32 model's, and every gradient is f32."""
-  import dataclasses
   _, path = tiny
   config, params = models.load_pretrained(path)
-  mixed = dataclasses.replace(config, compute_dtype="bfloat16")
+  mixed = config.replace(compute_dtype="bfloat16")
   tokens = jnp.asarray(_tokens(config.vocab_size, 2, 12, seed=3))
 
   def loss(cfg, p):
@@ -204,10 +203,9 @@ def test_bfloat16_compute_with_float32_params_trains_close_to_float32(tiny):
 def test_compute_params_copy_gives_the_same_bf16_forward(tiny):
   """The rollouts' bf16 copy of f32 master weights: matrices narrowed, vectors kept, and the
   forward (full and cached) bit-identical to the one that casts at each use."""
-  import dataclasses
   _, path = tiny
   config, params = models.load_pretrained(path)
-  mixed = dataclasses.replace(config, compute_dtype="bfloat16")
+  mixed = config.replace(compute_dtype="bfloat16")
   copy = models.compute_params(mixed, params)
   assert copy["embed"].dtype == jnp.bfloat16 and copy["final_norm"].dtype == jnp.float32
   assert copy["layers"][0]["wq"].dtype == jnp.bfloat16
