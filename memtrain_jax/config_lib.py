@@ -94,6 +94,9 @@ def base_config() -> ConfigDict:
   # Prompt lengths and batch sizes are padded up to these, so a step compiles few programs.
   cfg.sampling.prompt_buckets = (256, 512, 1024, 2048, 4096, 8192)
   cfg.sampling.batch_buckets = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+  # KV cache dtype: "auto" = the compute dtype, but f32 for 16-bit compute on CPU (XLA:CPU writes
+  # a bf16 cache out of place); or "float32" / "bfloat16".
+  cfg.sampling.cache_dtype = "auto"
 
   cfg.objectives = ConfigDict()
   cfg.objectives.end_to_end = ConfigDict()
@@ -382,6 +385,15 @@ def optim_section(cfg: ConfigDict) -> ConfigDict:
   return optim
 
 
+CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_cache_dtype(cache_dtype: str, field: str = "sampling.cache_dtype") -> None:
+  """Refuses a KV cache dtype the sampler does not know (`sampling.sampler.resolve_cache_dtype`)."""
+  if cache_dtype not in CACHE_DTYPES:
+    raise ValueError(f"{field}={cache_dtype!r}; use one of {', '.join(map(repr, CACHE_DTYPES))}")
+
+
 def validate(cfg: ConfigDict) -> None:
   """Raises ValueError for combinations that cannot run."""
   loss_config(cfg)  # checks aggregation / estimator names
@@ -402,6 +414,7 @@ def validate(cfg: ConfigDict) -> None:
   if cfg.task.name == "long_qa" and (not cfg.task.long_qa.target_tokens or
                                      min(cfg.task.long_qa.target_tokens) <= 0):
     raise ValueError("task.long_qa.target_tokens must be a non-empty tuple of positive lengths")
+  check_cache_dtype(cfg.sampling.get("cache_dtype", "auto"), "sampling.cache_dtype")
   if cfg.objectives.end_to_end.num_rollouts < 1 or cfg.objectives.recall.num_samples < 1:
     raise ValueError("objectives.*.num_rollouts / num_samples must be >= 1")
   if cfg.rl.ppo_epochs < 1 or cfg.rl.num_mini_batches < 1:

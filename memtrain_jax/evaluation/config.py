@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from memtrain_jax.config_lib import check_cache_dtype
 from memtrain_jax.tasks import longqa, ruler_hotpotqa, searchqa
 
 ConfigDict = ml_collections.ConfigDict
@@ -55,6 +56,9 @@ def eval_config() -> ConfigDict:
   # dropped and the smallest one holding it is kept (or that length itself is added).
   cfg.sampling.prompt_buckets = (256, 512, 1024, 2048, 4096, 8192)
   cfg.sampling.batch_buckets = (1, 2, 4, 8, 16, 32, 64)
+  # KV cache dtype: "auto" = the compute dtype, but f32 for 16-bit compute on CPU (XLA:CPU writes
+  # a bf16 cache out of place); or "float32" / "bfloat16".
+  cfg.sampling.cache_dtype = "auto"
 
   # The memory agent's budgets (MemAgent's eval: chunk 5000, memory 1024, answer 1024).
   cfg.agent = ConfigDict()
@@ -318,6 +322,7 @@ def validate_eval_config(cfg: ConfigDict, check_paths: bool = True) -> None:
   for field in ("prompt_max_tokens", "chunk_size", "memory_max_tokens", "answer_max_tokens"):
     if cfg.agent[field] < 1:
       raise ValueError(f"agent.{field}={cfg.agent[field]} must be >= 1")
+  check_cache_dtype(cfg.sampling.get("cache_dtype", "auto"), "sampling.cache_dtype")
   _positive("sampling.prompt_buckets", cfg.sampling.prompt_buckets)
   _positive("sampling.batch_buckets", cfg.sampling.batch_buckets)
   if not (cfg.long_qa.enabled or cfg.search_qa.enabled):

@@ -100,7 +100,8 @@ def long_qa_sampler_config(cfg) -> SamplerConfig:
     longest = max(longest, agent.prompt_max_tokens + cfg.long_qa.full_context_max_tokens)
   return SamplerConfig(prompt_buckets=prompt_buckets(cfg.sampling.prompt_buckets, longest),
                        batch_buckets=tuple(cfg.sampling.batch_buckets),
-                       max_new_tokens=max(agent.memory_max_tokens, agent.answer_max_tokens))
+                       max_new_tokens=max(agent.memory_max_tokens, agent.answer_max_tokens),
+                       cache_dtype=cfg.sampling.get("cache_dtype", "auto"))
 
 
 def search_sampler_config(cfg) -> SamplerConfig:
@@ -111,7 +112,8 @@ def search_sampler_config(cfg) -> SamplerConfig:
   return SamplerConfig(prompt_buckets=prompt_buckets(cfg.sampling.prompt_buckets, longest),
                        batch_buckets=tuple(cfg.sampling.batch_buckets),
                        max_new_tokens=sq.max_response_tokens,
-                       stop_strings=search_rollout.STOP_STRINGS)
+                       stop_strings=search_rollout.STOP_STRINGS,
+                       cache_dtype=cfg.sampling.get("cache_dtype", "auto"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -78,7 +78,13 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 def _dense(x: jax.Array, w: jax.Array, in_axes: int = 1) -> jax.Array:
-  """x [..., *w.shape[:in_axes]] @ w -> [..., *w.shape[in_axes:]] in x's dtype, as one 2-D matmul.
+  """x [..., *in] times w [*out, *in] (in = w's last `in_axes` axes) -> [..., *out] in x's dtype,
+  as one 2-D matmul.
+
+  Weights are stored output axes first, as `transformers` stores them (`models.params`): with
+  `batch` rows per decode step, XLA:CPU's matmul over a [out, in] weight contracted on its
+  minor axis ran 1.2-1.3x faster than over [in, out] (SmolLM2's MLP matrices at 8 and 32 rows, f32
+  and bf16), and training's large GEMMs take the same time either way.
 
   `w` may be held in a wider dtype than x (float32 parameters, bfloat16 compute): it is cast to
   x's dtype for the matmul, and its gradient comes back in its own dtype, accumulated in float32.
@@ -91,10 +97,11 @@ def _dense(x: jax.Array, w: jax.Array, in_axes: int = 1) -> jax.Array:
   as a dot contracting over (batch, length) and transposes the whole [batch * length, out]
   cotangent first; the 2-D form backpropagates as two plain GEMMs, with no transpose.
   """
-  k = int(np.prod(w.shape[:in_axes]))
+  out_shape = w.shape[:w.ndim - in_axes]
+  k = int(np.prod(w.shape[w.ndim - in_axes:]))
   lead = x.shape[:x.ndim - in_axes]
-  y = _matmul(x.reshape(-1, k), w.reshape(k, -1))
-  return y.reshape(*lead, *w.shape[in_axes:])
+  y = _matmul(x.reshape(-1, k), w.reshape(-1, k))
+  return y.reshape(*lead, *out_shape)
 
 
 def _mm(a: jax.Array, b: jax.Array, contract: tuple[int, int], out_dtype) -> jax.Array:
@@ -104,10 +111,22 @@ def _mm(a: jax.Array, b: jax.Array, contract: tuple[int, int], out_dtype) -> jax
   return out.astype(out_dtype)
 
 
+def _mm_rows(x: jax.Array, w: jax.Array, out_dtype) -> jax.Array:
+  """x [N, K] . w [M, K]^T (`_mm` contracting both minor axes), f32 accumulation.
+
+  A single 16-bit row is padded to two on the CPU backend: XLA:CPU's bf16 matrix-vector product
+  is far slower than its two-row matmul (all of SmolLM2's MLP matrices: 85 ms against 13 ms
+  alone; a whole bf16 decode step at batch 1: 37 ms against 31 ms).
+  """
+  if x.shape[0] == 1 and x.dtype.itemsize == 2 and jax.default_backend() == "cpu":
+    return _mm(jnp.concatenate([x, x]), w, (1, 1), out_dtype)[:1]
+  return _mm(x, w, (1, 1), out_dtype)
+
+
 @jax.custom_vjp
 def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [N, K] @ w [K, M] in x's dtype (w cast to it), accumulated in float32."""
-  return _mm(x, w.astype(x.dtype), (1, 0), x.dtype)
+  """x [N, K] @ w[M, K]^T in x's dtype (w cast to it), accumulated in float32."""
+  return _mm_rows(x, w.astype(x.dtype), x.dtype)
 
 
 def _matmul_fwd(x, w):
@@ -119,7 +138,7 @@ def _matmul_bwd(residuals, d_y):
   # (when w is) instead of being rounded to the compute dtype and widened again.
   x, w = residuals
   d_y = d_y.astype(x.dtype)
-  return _mm(d_y, w.astype(x.dtype), (1, 1), x.dtype), matmul_tn(x, d_y).astype(w.dtype)
+  return _mm(d_y, w.astype(x.dtype), (1, 0), x.dtype), matmul_tn(d_y, x).astype(w.dtype)
 
 
 def matmul_tn(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -194,7 +213,7 @@ def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
 
 
 def _attention_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *,
-                     k_transposed: bool = False) -> jax.Array:
+                     k_transposed: bool = False, compute_dtype=None) -> jax.Array:
   """Heads-major attention: q [B,T,H,D]; k, v [B,K,S,D] (k [B,K,D,S] when `k_transposed`, the
   KV cache's layout); mask [B,T,S] -> [B,T,H,D].
 
@@ -202,7 +221,11 @@ def _attention_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
   XLA:CPU materialises between the two matmuls: the 1/sqrt(D) scale goes on q (exact for a
   power-of-two D), and the softmax normalisation is applied to the [.., T, D] output rather than
   to the probabilities.
+
+  `compute_dtype` (default: v's dtype) is the precision the probabilities are rounded to before
+  the value matmul, and the output's dtype: a wider cache computes as the compute dtype would.
   """
+  compute_dtype = v.dtype if compute_dtype is None else compute_dtype
   b, t, h, d = q.shape
   kv_heads = k.shape[1]
   # [B, K, G*T, D]: the query heads of one KV head and all positions as the rows of one matmul.
@@ -217,21 +240,27 @@ def _attention_block(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, 
   top = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
   unnormalized = jnp.exp(scores - top)
   norm = jnp.sum(unnormalized, axis=-1, keepdims=True)
-  unnormalized = unnormalized.astype(v.dtype).reshape(b, kv_heads, (h // kv_heads) * t, -1)
+  unnormalized = unnormalized.astype(compute_dtype).astype(v.dtype)
+  unnormalized = unnormalized.reshape(b, kv_heads, (h // kv_heads) * t, -1)
   out = jnp.einsum("bkqs,bksd->bkqd", unnormalized, v, preferred_element_type=jnp.float32)
-  out = (out.reshape(b, kv_heads, h // kv_heads, t, d) / norm).astype(v.dtype)
+  out = (out.reshape(b, kv_heads, h // kv_heads, t, d) / norm).astype(compute_dtype)
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
 def cached_attention(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
   """`attention` against the KV cache's layout: q [B,T,H,D]; K transposed, k_t [B,K,D,S];
-  v [B,K,S,D]; mask [B,T,S] bool -> [B,T,H,D].
+  v [B,K,S,D]; mask [B,T,S] bool -> [B,T,H,D] in q's dtype.
 
   With K stored [D, S] the score matmul's right operand is already (contraction, columns), so
   XLA:CPU's matmul reads the cache as it lies; with [S, D] it repacks all of K on every call,
   which made the score matmul 2-7x slower than the value matmul over the same bytes at decode.
+
+  A cache wider than q (an f32 cache for bf16 compute, `sampling.sampler.resolve_cache_dtype`)
+  is read as it is: q is widened instead of the whole cache being narrowed per step, and the
+  probabilities are still rounded to q's dtype, so the result is the narrow computation's.
   """
-  return _attention_block(q, k_t, v, mask, k_transposed=True)
+  return _attention_block(q.astype(v.dtype), k_t, v, mask, k_transposed=True,
+                          compute_dtype=q.dtype)
 
 
 @jax.custom_vjp
@@ -269,13 +298,16 @@ def _mlp(config: ModelConfig, lp: Params, x: jax.Array) -> jax.Array:
 def _cache_write(cache: jax.Array, update: jax.Array, index: tuple) -> jax.Array:
   """`cache` with `update` written at `index`.
 
-  A 16-bit float cache is written through its bits as uint16: XLA:CPU has no bf16
-  dynamic-update-slice, so it upcast the whole cache to f32, wrote the token and rounded the
-  cache back on every decode step, re-reading and re-writing all of it in f32 per layer (bf16
-  decode at batch 32: 140 -> 112 ms per step). The bitcasts are free.
+  On the CPU backend a 16-bit float cache is written through its bits as uint16: XLA:CPU upcasts
+  a bf16 dynamic-update-slice to f32, re-reading and re-writing the whole cache in f32 per layer
+  and step (bf16 decode at batch 32: 140 -> 112 ms per step through the bits). Even so the write
+  is not in place (its fusion ends in a bitcast-convert), which is why the sampler keeps an f32
+  cache on CPU by default (`sampling.sampler.resolve_cache_dtype`). Other backends write 16-bit
+  floats natively.
   """
   update = update.astype(cache.dtype)
-  if cache.dtype.itemsize != 2 or not jnp.issubdtype(cache.dtype, jnp.floating):
+  if (cache.dtype.itemsize != 2 or not jnp.issubdtype(cache.dtype, jnp.floating)
+      or jax.default_backend() != "cpu"):
     return jax.lax.dynamic_update_slice(cache, update, index)
   bits = lambda x: jax.lax.bitcast_convert_type(x, jnp.uint16)
   written = jax.lax.dynamic_update_slice(bits(cache), bits(update), index)
@@ -283,7 +315,7 @@ def _cache_write(cache: jax.Array, update: jax.Array, index: tuple) -> jax.Array
 
 
 def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, write_index=None,
-           first_key_blocks=None):
+           first_key_blocks=None, empty_cache=False):
   """One pre-norm decoder layer. Returns (x, new_kv_cache or None)."""
   h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
   q, k, v = _project_qkv(config, lp, h, cos, sin)
@@ -298,7 +330,15 @@ def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, wr
     k_all = _cache_write(kv_cache["k"], k.transpose(0, 2, 3, 1), (zero, zero, zero, write_index))
     v_all = _cache_write(kv_cache["v"], jnp.swapaxes(v, 1, 2), (zero, zero, write_index, zero))
     new_cache = {"k": k_all, "v": v_all}
-    attn = cached_attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask)
+    if empty_cache:
+      # An empty cache (prefill): the block attends only to itself, and causal attention skips
+      # the key blocks above its diagonal instead of reading the whole capacity.
+      attn = causal_attention(q, k, v, mask)
+    else:
+      # Attention reads the cache after the write. Reading it before (the block's own K/V as a
+      # separate part) made XLA:CPU copy every layer's whole cache per step to keep the write
+      # in place: a decode step at batch 32 went from 132 to 180 ms.
+      attn = cached_attention(q, k_all, v_all, mask)
   x = x + _dense(attn, lp["wo"], in_axes=2)
   h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
   x = x + _mlp(config, lp, h)
@@ -306,11 +346,11 @@ def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, wr
 
 
 def _run_layers(config: ModelConfig, params: Params, x, cos, sin, mask, cache=None,
-                write_index=None, first_key_blocks=None):
+                write_index=None, first_key_blocks=None, empty_cache=False):
   """Runs every layer, unrolled (list of layers) or with lax.scan (stacked layers)."""
 
   def body(x, lp, kv):
-    return _layer(config, lp, x, cos, sin, mask, kv, write_index, first_key_blocks)
+    return _layer(config, lp, x, cos, sin, mask, kv, write_index, first_key_blocks, empty_cache)
 
   if config.remat:
     body = jax.checkpoint(body, prevent_cse=not is_stacked(params))
@@ -380,13 +420,10 @@ def logits_from_hidden(config: ModelConfig, params: Params, hidden: jax.Array) -
   """float32 logits from hidden states (the matmul in the compute dtype, f32 accumulation)."""
   lead, d = hidden.shape[:-1], hidden.shape[-1]
   rows = hidden.reshape(-1, d)
-  if config.tie_embeddings:
-    # Contract with the [vocab, embed] table as it lies. Written as `hidden @ embed.T`, XLA:CPU
-    # folds the transpose only after choosing the matmul kernel, so a bf16 head ran as an f32
-    # matmul over an upcast copy of the table (3x slower per decode step than this form).
-    logits = _mm(rows, params["embed"].astype(config.dtype), (1, 1), jnp.float32)
-  else:
-    logits = _mm(rows, unembedding(config, params).astype(config.dtype), (1, 0), jnp.float32)
+  # Contract with the [vocab, embed] table as it lies (tied or not). Written as `hidden @ embed.T`,
+  # XLA:CPU folds the transpose only after choosing the matmul kernel, so a bf16 head ran as an
+  # f32 matmul over an upcast copy of the table (3x slower per decode step than this form).
+  logits = _mm_rows(rows, unembedding(config, params).astype(config.dtype), jnp.float32)
   return logits.reshape(*lead, -1)
 
 
@@ -433,12 +470,17 @@ def cache_capacity(cache: Any) -> int:
 
 
 def forward_with_cache(config: ModelConfig, params: Params, tokens: jax.Array, cache: Any, *,
-                       write_index: jax.Array, cache_start: jax.Array) -> tuple[jax.Array, Any]:
+                       write_index: jax.Array, cache_start: jax.Array,
+                       empty_cache: bool = False) -> tuple[jax.Array, Any]:
   """Runs a block of tokens against the cache; returns (hidden [B,T,D], updated cache).
 
   The block's K/V go to slots [write_index, write_index + T) of every row. Row b's real tokens
   start at slot `cache_start[b]` (left padding before it is never attended), so its position of
   slot s is s - cache_start[b]. The block attends to every real slot up to its own.
+
+  `empty_cache` (static) promises that no slot before `write_index` holds a key (a prefill into
+  a fresh cache): attention then runs over the block alone, skipping the key blocks above its
+  diagonal, instead of over the whole capacity.
   """
   _check_tokens(tokens)
   b, t = tokens.shape
@@ -446,10 +488,11 @@ def forward_with_cache(config: ModelConfig, params: Params, tokens: jax.Array, c
   write_index = jnp.asarray(write_index, jnp.int32)
   slots = write_index + jnp.arange(t, dtype=jnp.int32)  # [T]
   positions = jnp.maximum(slots[None, :] - cache_start[:, None], 0)
-  key_slots = jnp.arange(capacity, dtype=jnp.int32)
+  key_slots = slots if empty_cache else jnp.arange(capacity, dtype=jnp.int32)
   mask = (key_slots[None, None, :] >= cache_start[:, None, None]) & (
       key_slots[None, None, :] <= slots[None, :, None])
   cos, sin = rope_cos_sin(config, positions)
   x = _embed(config, params, tokens)
-  x, cache = _run_layers(config, params, x, cos, sin, mask, cache=cache, write_index=write_index)
+  x, cache = _run_layers(config, params, x, cos, sin, mask, cache=cache, write_index=write_index,
+                         empty_cache=empty_cache)
   return rms_norm(x, params["final_norm"], config.rms_norm_eps), cache

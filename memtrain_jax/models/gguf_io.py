@@ -89,7 +89,7 @@ def load_gguf(path: str, *, mesh=None, rules=None, assemble: Callable, **run_opt
     w = dequant(name)  # [heads * hd, d], HF's [out, in]
     if permuted:
       w = unpermute_rows(w, heads)
-    return w.T.reshape(d, heads, hd)
+    return w.reshape(heads, hd, d)
 
   def bias(name, heads):
     b = dequant(name)
@@ -104,22 +104,22 @@ def load_gguf(path: str, *, mesh=None, rules=None, assemble: Callable, **run_opt
     if name == "final_norm":
       return dequant("output_norm.weight")
     if name == "lm_head":
-      return dequant("output.weight").T
+      return dequant("output.weight")
     table = {
         "attn_norm": lambda: dequant(blk + "attn_norm.weight"),
         "mlp_norm": lambda: dequant(blk + "ffn_norm.weight"),
         "wq": lambda: q_or_k(blk + "attn_q.weight", h),
         "wk": lambda: q_or_k(blk + "attn_k.weight", k),
-        "wv": lambda: dequant(blk + "attn_v.weight").T.reshape(d, k, hd),
-        "wo": lambda: dequant(blk + "attn_output.weight").T.reshape(h, hd, d),
+        "wv": lambda: dequant(blk + "attn_v.weight").reshape(k, hd, d),
+        "wo": lambda: dequant(blk + "attn_output.weight").reshape(d, h, hd),
         "bq": lambda: bias(blk + "attn_q.bias", h),
         "bk": lambda: bias(blk + "attn_k.bias", k),
         "bv": lambda: dequant(blk + "attn_v.bias").reshape(k, hd),
         "q_norm": lambda: dequant(blk + "attn_q_norm.weight"),
         "k_norm": lambda: dequant(blk + "attn_k_norm.weight"),
-        "w_gate": lambda: dequant(blk + "ffn_gate.weight").T,
-        "w_up": lambda: dequant(blk + "ffn_up.weight").T,
-        "w_down": lambda: dequant(blk + "ffn_down.weight").T,
+        "w_gate": lambda: dequant(blk + "ffn_gate.weight"),
+        "w_up": lambda: dequant(blk + "ffn_up.weight"),
+        "w_down": lambda: dequant(blk + "ffn_down.weight"),
     }
     return table[name]()
 

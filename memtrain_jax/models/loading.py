@@ -68,25 +68,25 @@ def checkpoint_kind(path: str) -> str:
 def _hf_converters(config: ModelConfig) -> dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]]:
   """our name (top-level or 'layer.NAME') -> (HF name template, conversion)."""
   d, hd, h, k = config.hidden_size, config.head_dim, config.num_heads, config.num_kv_heads
-  lin_in = lambda heads: (lambda w: w.T.reshape(d, heads, hd))
+  lin_in = lambda heads: (lambda w: w.reshape(heads, hd, d))
   conv = {
       "embed": ("model.embed_tokens.weight", lambda w: w),
       "final_norm": ("model.norm.weight", lambda w: w),
-      "lm_head": ("lm_head.weight", lambda w: w.T),
+      "lm_head": ("lm_head.weight", lambda w: w),
       "layer.attn_norm": ("model.layers.{i}.input_layernorm.weight", lambda w: w),
       "layer.mlp_norm": ("model.layers.{i}.post_attention_layernorm.weight", lambda w: w),
       "layer.wq": ("model.layers.{i}.self_attn.q_proj.weight", lin_in(h)),
       "layer.wk": ("model.layers.{i}.self_attn.k_proj.weight", lin_in(k)),
       "layer.wv": ("model.layers.{i}.self_attn.v_proj.weight", lin_in(k)),
-      "layer.wo": ("model.layers.{i}.self_attn.o_proj.weight", lambda w: w.T.reshape(h, hd, d)),
+      "layer.wo": ("model.layers.{i}.self_attn.o_proj.weight", lambda w: w.reshape(d, h, hd)),
       "layer.bq": ("model.layers.{i}.self_attn.q_proj.bias", lambda b: b.reshape(h, hd)),
       "layer.bk": ("model.layers.{i}.self_attn.k_proj.bias", lambda b: b.reshape(k, hd)),
       "layer.bv": ("model.layers.{i}.self_attn.v_proj.bias", lambda b: b.reshape(k, hd)),
       "layer.q_norm": ("model.layers.{i}.self_attn.q_norm.weight", lambda w: w),
       "layer.k_norm": ("model.layers.{i}.self_attn.k_norm.weight", lambda w: w),
-      "layer.w_gate": ("model.layers.{i}.mlp.gate_proj.weight", lambda w: w.T),
-      "layer.w_up": ("model.layers.{i}.mlp.up_proj.weight", lambda w: w.T),
-      "layer.w_down": ("model.layers.{i}.mlp.down_proj.weight", lambda w: w.T),
+      "layer.w_gate": ("model.layers.{i}.mlp.gate_proj.weight", lambda w: w),
+      "layer.w_up": ("model.layers.{i}.mlp.up_proj.weight", lambda w: w),
+      "layer.w_down": ("model.layers.{i}.mlp.down_proj.weight", lambda w: w),
   }
   return conv
 
@@ -94,16 +94,16 @@ def _hf_converters(config: ModelConfig) -> dict[str, tuple[str, Callable[[np.nda
 def _hf_exporters(config: ModelConfig) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
   """Inverse of `_hf_converters`: our layout -> HF layout."""
   d, hd, h, k = config.hidden_size, config.head_dim, config.num_heads, config.num_kv_heads
-  lin_out = lambda heads: (lambda w: w.reshape(d, heads * hd).T)
+  lin_out = lambda heads: (lambda w: w.reshape(heads * hd, d))
   return {
-      "embed": lambda w: w, "final_norm": lambda w: w, "lm_head": lambda w: w.T,
+      "embed": lambda w: w, "final_norm": lambda w: w, "lm_head": lambda w: w,
       "layer.attn_norm": lambda w: w, "layer.mlp_norm": lambda w: w,
       "layer.wq": lin_out(h), "layer.wk": lin_out(k), "layer.wv": lin_out(k),
-      "layer.wo": lambda w: w.reshape(h * hd, d).T,
+      "layer.wo": lambda w: w.reshape(d, h * hd),
       "layer.bq": lambda b: b.reshape(-1), "layer.bk": lambda b: b.reshape(-1),
       "layer.bv": lambda b: b.reshape(-1),
       "layer.q_norm": lambda w: w, "layer.k_norm": lambda w: w,
-      "layer.w_gate": lambda w: w.T, "layer.w_up": lambda w: w.T, "layer.w_down": lambda w: w.T,
+      "layer.w_gate": lambda w: w, "layer.w_up": lambda w: w, "layer.w_down": lambda w: w,
   }
 
 

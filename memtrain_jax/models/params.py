@@ -5,12 +5,13 @@ that `memtrain_jax.sharding` maps to mesh axes. Layers are stored either as a li
 dicts (unrolled; fastest decode on XLA:CPU) or as one dict of arrays stacked on a leading 'layers'
 axis (`lax.scan`; fast compiles for deep models). `decoder` accepts both.
 
-Weight layouts (input axes first, so every projection is `x @ w`):
-  embed [vocab, embed]          lm_head [embed, vocab] (absent when tied)
-  wq [embed, q_heads, head_dim] wk, wv [embed, kv_heads, head_dim]  wo [q_heads, head_dim, embed]
+Weight layouts (output axes first, input axes last, as `transformers` stores them; every
+projection contracts x's last axes with w's last axes, see `decoder._dense`):
+  embed [vocab, embed]          lm_head [vocab, embed] (absent when tied)
+  wq [q_heads, head_dim, embed] wk, wv [kv_heads, head_dim, embed]  wo [embed, q_heads, head_dim]
   bq [q_heads, head_dim]        bk, bv [kv_heads, head_dim]          (Qwen2)
   q_norm, k_norm [head_dim]     (Qwen3)
-  w_gate, w_up [embed, mlp]     w_down [mlp, embed]
+  w_gate, w_up [mlp, embed]     w_down [embed, mlp]
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ def layer_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[
   h, k = config.num_heads, config.num_kv_heads
   shapes = {
       "attn_norm": ((d,), ("norm",)),
-      "wq": ((d, h, hd), ("embed", "q_heads", "head_dim")),
-      "wk": ((d, k, hd), ("embed", "kv_heads", "head_dim")),
-      "wv": ((d, k, hd), ("embed", "kv_heads", "head_dim")),
-      "wo": ((h, hd, d), ("q_heads", "head_dim", "embed")),
+      "wq": ((h, hd, d), ("q_heads", "head_dim", "embed")),
+      "wk": ((k, hd, d), ("kv_heads", "head_dim", "embed")),
+      "wv": ((k, hd, d), ("kv_heads", "head_dim", "embed")),
+      "wo": ((d, h, hd), ("embed", "q_heads", "head_dim")),
       "mlp_norm": ((d,), ("norm",)),
-      "w_gate": ((d, f), ("embed", "mlp")),
-      "w_up": ((d, f), ("embed", "mlp")),
-      "w_down": ((f, d), ("mlp", "embed")),
+      "w_gate": ((f, d), ("mlp", "embed")),
+      "w_up": ((f, d), ("mlp", "embed")),
+      "w_down": ((d, f), ("embed", "mlp")),
   }
   if config.qkv_bias:
     shapes["bq"] = ((h, hd), ("q_heads", "head_dim"))
@@ -54,7 +55,7 @@ def top_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[st
       "final_norm": ((d,), ("norm",)),
   }
   if not config.tie_embeddings:
-    shapes["lm_head"] = ((d, v), ("embed", "vocab"))
+    shapes["lm_head"] = ((v, d), ("vocab", "embed"))
   return shapes
 
 
@@ -149,5 +150,5 @@ def unstack_layers(params: dict) -> dict:
 
 
 def unembedding(config: ModelConfig, params: dict) -> jax.Array:
-  """The [embed, vocab] output projection (the transposed embedding when tied)."""
-  return params["embed"].T if config.tie_embeddings else params["lm_head"]
+  """The [vocab, embed] output projection (the embedding itself when tied)."""
+  return params["embed"] if config.tie_embeddings else params["lm_head"]

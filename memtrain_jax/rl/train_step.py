@@ -158,12 +158,12 @@ def policy_logprobs(model_config: ModelConfig, params: Params, batch_micro: Batc
                                   positions=batch_micro["positions"],
                                   segment_ids=batch_micro["segment_ids"],
                                   branch_ids=batch_micro.get("branch_ids"))
-  # A tied embedding is used as the [V, D] matrix it is: its transpose would be a copy.
-  tied = model_config.tie_embeddings
-  w = (params["embed"] if tied else unembedding(model_config, params)).astype(model_config.dtype)
+  # The output projection is used as the [V, D] matrix it is stored as: its transpose would be a
+  # copy.
+  w = unembedding(model_config, params).astype(model_config.dtype)
   return chunked_token_logprobs(hidden, w, batch_micro["targets"], chunk_size=chunk_size,
                                 compute_entropy=compute_entropy, loss_mask=loss_mask,
-                                vocab_major=tied)
+                                vocab_major=True)
 
 
 # ----------------------------------------------------------------------------------------------

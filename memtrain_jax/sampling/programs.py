@@ -28,7 +28,7 @@ def _batch_axis(x: jax.Array) -> int:
 
 
 def prefill(config: ModelConfig, params: Any, tokens: jax.Array, cache_start: jax.Array,
-            row_source: jax.Array, *, capacity: int, cache_sharding=None):
+            row_source: jax.Array, *, capacity: int, cache_dtype=None, cache_sharding=None):
   """Runs the unique prompts once and hands each output row a copy of its prompt's cache.
 
   Args:
@@ -37,6 +37,7 @@ def prefill(config: ModelConfig, params: Any, tokens: jax.Array, cache_start: ja
     row_source: int32 [B], the unique prompt each output row continues (prefix sharing: the n
       samples of one prompt share one prefill).
     capacity: cache slots per row, P + the completion buffer.
+    cache_dtype: the KV cache's dtype (default: the compute dtype).
     cache_sharding: optional function (array) -> sharding for the expanded cache.
 
   Returns:
@@ -44,10 +45,10 @@ def prefill(config: ModelConfig, params: Any, tokens: jax.Array, cache_start: ja
     cache_start [B]).
   """
   num_unique, prompt_len = tokens.shape
-  cache = models.init_cache(config, num_unique, prompt_len)
+  cache = models.init_cache(config, num_unique, prompt_len, dtype=cache_dtype)
   hidden, cache = models.forward_with_cache(config, params, tokens, cache,
                                             write_index=jnp.zeros((), jnp.int32),
-                                            cache_start=cache_start)
+                                            cache_start=cache_start, empty_cache=True)
   # Left padding puts every prompt's last token in the last column.
   logits = models.logits_from_hidden(config, params, hidden[:, -1])
 

@@ -121,6 +121,24 @@ def test_kv_cache_forward_equals_full_forward(tiny):
       np.testing.assert_allclose(np.asarray(step_logits[row]), full[8 - pad[row] - 1 + i], atol=1e-4)
 
 
+def test_prefill_into_an_empty_cache_skips_reading_it(tiny):
+  """`empty_cache=True` (attention over the block alone) gives the same hidden states and the
+  same cache as attending over the whole, still empty, capacity; left padding included."""
+  _, path = tiny
+  config, params = models.load_pretrained(path)
+  prompt = _tokens(config.vocab_size, 2, 11, seed=7)
+  start = jnp.asarray([0, 5])
+  run = jax.jit(lambda params, empty: models.forward_with_cache(
+      config, params, jnp.asarray(prompt), models.init_cache(config, 2, 11),
+      write_index=jnp.int32(0), cache_start=start, empty_cache=empty), static_argnums=1)
+  (h_skip, c_skip), (h_full, c_full) = run(params, True), run(params, False)
+  for row, first in enumerate([0, 5]):  # padded positions have no defined output
+    np.testing.assert_allclose(np.asarray(h_skip[row, first:]), np.asarray(h_full[row, first:]),
+                               atol=1e-5)
+  for a, b in zip(jax.tree.leaves(c_skip), jax.tree.leaves(c_full)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
 def test_bfloat16_compute_is_close(tiny):
   _, path = tiny
   config, params = models.load_pretrained(path)
@@ -153,29 +171,31 @@ def test_causal_block_attention_equals_full_attention():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_dense_matmul_gradients_match_float64(dtype):
-  """`decoder._matmul` (the hand-written VJP behind every projection): output and both cotangents
-  against float64 NumPy, with f32 weights. The weight's cotangent comes back float32 whatever the
-  compute dtype, and the bf16 path (which materialises x^T for the fast GEMM) is the same math."""
+  """`decoder._matmul` (the hand-written VJP behind every projection): x [N, K] times the
+  [M, K] weight (output axis first); output and both cotangents against float64 NumPy, with f32
+  weights. The weight's cotangent comes back float32 whatever the compute dtype, and the bf16 path
+  (which materialises d_y^T for the fast GEMM) is the same math. One row too (bf16 pads it)."""
   from memtrain_jax.models import decoder
   rng = np.random.default_rng(11)
-  n, k, m = 24, 40, 56
-  x32 = rng.standard_normal((n, k)).astype(np.float32)
-  w = rng.standard_normal((k, m)).astype(np.float32)
-  d_y32 = rng.standard_normal((n, m)).astype(np.float32)
-  x, d_y = jnp.asarray(x32, dtype), jnp.asarray(d_y32, dtype)
-  y, vjp = jax.vjp(decoder._matmul, x, jnp.asarray(w))
-  d_x, d_w = vjp(d_y)
-  assert y.dtype == dtype and d_x.dtype == dtype and d_w.dtype == jnp.float32
-  # The reference sees the operands as the compute dtype rounds them.
-  xr, wr, dyr = (np.asarray(jnp.asarray(a, dtype).astype(jnp.float32), np.float64)
-                 for a in (x32, w, d_y32))
-  scale = 1e-5 if dtype == jnp.float32 else 2e-2  # bf16 rounds the outputs to 8 bits
-  for got, want in ((y, xr @ wr), (d_x, dyr @ wr.T), (d_w, xr.T @ dyr)):
-    got = np.asarray(jnp.asarray(got, jnp.float32), np.float64)
-    assert np.abs(got - want).max() <= scale * np.abs(want).max(), (got - want)
-  if dtype == jnp.bfloat16:
-    # d_w is accumulated and returned in f32, not rounded to bf16.
-    assert np.abs(np.asarray(d_w, np.float64) - xr.T @ dyr).max() < 1e-4 * np.abs(xr.T @ dyr).max()
+  for n, k, m in ((24, 40, 56), (1, 40, 56)):
+    x32 = rng.standard_normal((n, k)).astype(np.float32)
+    w = rng.standard_normal((m, k)).astype(np.float32)
+    d_y32 = rng.standard_normal((n, m)).astype(np.float32)
+    x, d_y = jnp.asarray(x32, dtype), jnp.asarray(d_y32, dtype)
+    y, vjp = jax.vjp(decoder._matmul, x, jnp.asarray(w))
+    d_x, d_w = vjp(d_y)
+    assert y.shape == (n, m) and d_w.shape == (m, k)
+    assert y.dtype == dtype and d_x.dtype == dtype and d_w.dtype == jnp.float32
+    # The reference sees the operands as the compute dtype rounds them.
+    xr, wr, dyr = (np.asarray(jnp.asarray(a, dtype).astype(jnp.float32), np.float64)
+                   for a in (x32, w, d_y32))
+    scale = 1e-5 if dtype == jnp.float32 else 2e-2  # bf16 rounds the outputs to 8 bits
+    for got, want in ((y, xr @ wr.T), (d_x, dyr @ wr), (d_w, dyr.T @ xr)):
+      got = np.asarray(jnp.asarray(got, jnp.float32), np.float64)
+      assert np.abs(got - want).max() <= scale * np.abs(want).max(), (got - want)
+    if dtype == jnp.bfloat16:
+      # d_w is accumulated and returned in f32, not rounded to bf16.
+      assert np.abs(np.asarray(d_w, np.float64) - dyr.T @ xr).max() < 1e-4 * np.abs(dyr.T @ xr).max()
 
 
 def test_bfloat16_compute_with_float32_params_trains_close_to_float32(tiny):
@@ -218,7 +238,7 @@ def test_compute_params_copy_gives_the_same_bf16_forward(tiny):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_cache_write_equals_dynamic_update_slice(dtype):
-  """The cache write (through uint16 bits for 16-bit floats) stores exactly the update."""
+  """The cache write (through uint16 bits for 16-bit floats on CPU) stores exactly the update."""
   from memtrain_jax.models import decoder
   rng = np.random.default_rng(5)
   cache = jnp.asarray(rng.standard_normal((2, 3, 4, 10)), dtype)

@@ -42,8 +42,8 @@ def test_sharded_forward_equals_single_device(tiny_dir, rules, scan_layers):
   # Each device holds a shard, not the whole tensor: tensor-parallel over heads (and fsdp on embed
   # under the training rules).
   shard_shape = wq.addressable_shards[0].data.shape
-  assert shard_shape[-2] == wq.shape[-2] // 2
-  assert shard_shape[-3] == (wq.shape[-3] // 2 if rules == "train" else wq.shape[-3])
+  assert shard_shape[-3] == wq.shape[-3] // 2  # wq [q_heads, head_dim, embed]
+  assert shard_shape[-1] == (wq.shape[-1] // 2 if rules == "train" else wq.shape[-1])
 
   batch_sharding = sharding.batch_sharding(mesh, rules)
   tok_s = jax.device_put(jnp.asarray(tokens), batch_sharding)
@@ -128,7 +128,7 @@ def test_misshaped_tensor_is_named(tiny_dir, tmp_path):
   cfg = json.load(open(bad / "config.json"))
   cfg["intermediate_size"] = 100
   json.dump(cfg, open(bad / "config.json", "w"))
-  with pytest.raises(ValueError, match=r"layers\.0\.w_gate has shape \(64, 128\).*expected \(64, 100\)"):
+  with pytest.raises(ValueError, match=r"layers\.0\.w_gate has shape \(128, 64\).*expected \(100, 64\)"):
     models.load_pretrained(str(bad))
 
 

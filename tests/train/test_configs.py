@@ -108,6 +108,13 @@ def test_bad_overrides_fail_clearly(override, message):
     config_lib.load_config(os.path.join(REPO, "configs", "default.py"), [override])
 
 
+def test_validate_rejects_an_unknown_cache_dtype():
+  cfg = config_lib.load_config(os.path.join(REPO, "configs", "default.py"),
+                               ["--config.sampling.cache_dtype=int8"])
+  with pytest.raises(ValueError, match="sampling.cache_dtype='int8'; use one of 'auto'"):
+    config_lib.validate(cfg)
+
+
 def test_validate_rejects_a_packing_length_shorter_than_a_row():
   cfg = config_lib.load_config(PAPER_4B, ["--config.rl.packing.seq_len=4096"])
   with pytest.raises(ValueError, match="rl.packing.seq_len=4096 is shorter than the longest row"):
