@@ -415,10 +415,11 @@ def main():
         "weight matmuls (every layer's projections and the head, `batch` rows each) and nothing "
         "else, through the decoder's own matmul, best of 3. Decode / prefill at the matmul floor "
         "is the FLOP-rate ratio a decode step that spent no time outside its matmuls would "
-        "reach. The matmuls alone take several times the memory floor: with `batch` rows per "
-        "weight, XLA:CPU's matmul kernels run at a fraction of the rate they reach on prefill's "
-        "thousands of rows, so decode here is bound by the matmul kernels, not "
-        "by memory.", ""]
+        "reach: the ceiling of decode / prefill with these matmul kernels. Where the matmuls "
+        "alone take longer than the memory floor, the kernels' rate at `batch` rows (a fraction "
+        "of their rate on prefill's thousands of rows), not memory traffic, bounds the step. "
+        "Decode ms minus matmuls alone is the rest of the step: attention over the cache, the "
+        "cache write, norms and choosing the token.", ""]
   if "3" in sections:
     log("(3) memory agent time per chunk")
     chunk_counts = (1, 2) if quick else (2, 4, 8, 16)
@@ -486,8 +487,9 @@ def main():
         "figures move with the load; both sides of each comparison ran in the same process, "
         "back to back.",
         "Model: SmolLM2-135M-Instruct (GGUF, dequantised to f32" + (
-            "; ours samples from the bf16 copy of the weight matrices with a bf16 KV cache, "
-            "torch generate runs the model cast to bf16" if bf16 else "")
+            "; ours samples from the bf16 copy of the weight matrices with the sampler's default "
+            f"KV cache on this backend ({Sampler(config, None).cache_dtype.name}), torch "
+            "generate runs the model cast to bf16" if bf16 else "")
         + f"). Total wall time {wall:.0f} s.",
         ""]
     for n in sections:
