@@ -207,7 +207,17 @@ class Checkpointer:
       return None
     args = ocp.args.Composite(**{_STATE: ocp.args.StandardRestore(abstract_state),
                                  _EXTRA: ocp.args.JsonRestore()})
-    restored = self._manager.restore(step, args=args)
+    try:
+      restored = self._manager.restore(step, args=args)
+    except ValueError as e:
+      if "not compatible with the stored shape" not in str(e):
+        raise
+      # Orbax's own advice (pad or truncate the arrays) would corrupt the weights.
+      raise ValueError(
+          f"the checkpoint of step {step} in {self.directory} does not fit this run's state: "
+          f"{str(e).split('. ')[0]}. It was saved for another model or optimizer configuration, "
+          "or by a memtrain_jax version before weights were stored output axes first "
+          "(2026-12-01). Use a fresh --workdir, or the configuration it was saved with") from e
     return restored[_STATE], dict(restored[_EXTRA])
 
   def __enter__(self) -> "Checkpointer":

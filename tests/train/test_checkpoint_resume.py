@@ -10,6 +10,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from memtrain_jax import checkpoint, sharding
 from memtrain_jax.models.params import init_params
@@ -57,6 +58,19 @@ def test_round_trip_restores_values_shardings_and_extra(tmp_path):
 def test_restore_on_an_empty_directory_returns_none(tmp_path):
   with checkpoint.Checkpointer(tmp_path, every=1, handle_signals=False) as ckpt:
     assert ckpt.restore(None) is None and ckpt.latest_step() is None
+
+
+def test_a_checkpoint_of_other_shapes_is_refused_clearly(tmp_path):
+  """A state saved for another model (or the old [in, out] weight layout) must not restore, and
+  the error says what to do instead of Orbax's advice to pad or truncate."""
+  single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with checkpoint.Checkpointer(tmp_path, every=1, handle_signals=False) as ckpt:
+    ckpt.save(1, {"w_gate": jnp.ones((4, 6))})
+    ckpt.wait()
+  abstract = {"w_gate": jax.ShapeDtypeStruct((6, 4), jnp.float32, sharding=single)}
+  with checkpoint.Checkpointer(tmp_path, every=1, handle_signals=False) as ckpt:
+    with pytest.raises(ValueError, match=r"step 1 .* does not fit this run's state.*fresh --workdir"):
+      ckpt.restore(abstract)
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
