@@ -36,6 +36,7 @@ from memtrain_jax.agent.memory_agent import (AgentConfig, AgentDocument, run_mem
                                              run_memory_recall)
 from memtrain_jax.sampling import CompileCounter, Sampler, SamplerConfig
 from memtrain_jax.sampling.logits import SamplingParams
+from memtrain_jax.sampling.sampler import resolve_cache_dtype
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "rollout.md")
 
@@ -478,6 +479,7 @@ def main():
       text = merge_sections(f.read(), note, blocks,
                             [f"--- re-run of sections {','.join(sections)} ---", *lines])
   else:
+    default_cache = resolve_cache_dtype("auto", config, jax.default_backend())
     md = [
         f"# Rollout benchmark{' (--quick smoke run)' if quick else ''}",
         "",
@@ -488,8 +490,8 @@ def main():
         "back to back.",
         "Model: SmolLM2-135M-Instruct (GGUF, dequantised to f32" + (
             "; ours samples from the bf16 copy of the weight matrices with the sampler's default "
-            f"KV cache on this backend ({Sampler(config, None).cache_dtype.name}), torch "
-            "generate runs the model cast to bf16" if bf16 else "")
+            f"KV cache on this backend ({default_cache.name}), torch generate runs the model cast "
+            "to bf16" if bf16 else "")
         + f"). Total wall time {wall:.0f} s.",
         ""]
     for n in sections:

@@ -414,7 +414,7 @@ def validate(cfg: ConfigDict) -> None:
   if cfg.task.name == "long_qa" and (not cfg.task.long_qa.target_tokens or
                                      min(cfg.task.long_qa.target_tokens) <= 0):
     raise ValueError("task.long_qa.target_tokens must be a non-empty tuple of positive lengths")
-  check_cache_dtype(cfg.sampling.get("cache_dtype", "auto"), "sampling.cache_dtype")
+  check_cache_dtype(cfg.sampling.cache_dtype)
   if cfg.objectives.end_to_end.num_rollouts < 1 or cfg.objectives.recall.num_samples < 1:
     raise ValueError("objectives.*.num_rollouts / num_samples must be >= 1")
   if cfg.rl.ppo_epochs < 1 or cfg.rl.num_mini_batches < 1:

@@ -103,7 +103,7 @@ def sampler_config(cfg) -> SamplerConfig:
       next((b for b in cfg.sampling.prompt_buckets if b >= longest), longest),)
   return SamplerConfig(prompt_buckets=buckets, batch_buckets=tuple(cfg.sampling.batch_buckets),
                        max_new_tokens=budget, stop_strings=stops,
-                       cache_dtype=cfg.sampling.get("cache_dtype", "auto"))
+                       cache_dtype=cfg.sampling.cache_dtype)
 
 
 def search_env_config(cfg) -> search_env.SearchEnvConfig:

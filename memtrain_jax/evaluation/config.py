@@ -322,7 +322,7 @@ def validate_eval_config(cfg: ConfigDict, check_paths: bool = True) -> None:
   for field in ("prompt_max_tokens", "chunk_size", "memory_max_tokens", "answer_max_tokens"):
     if cfg.agent[field] < 1:
       raise ValueError(f"agent.{field}={cfg.agent[field]} must be >= 1")
-  check_cache_dtype(cfg.sampling.get("cache_dtype", "auto"), "sampling.cache_dtype")
+  check_cache_dtype(cfg.sampling.cache_dtype)
   _positive("sampling.prompt_buckets", cfg.sampling.prompt_buckets)
   _positive("sampling.batch_buckets", cfg.sampling.batch_buckets)
   if not (cfg.long_qa.enabled or cfg.search_qa.enabled):
