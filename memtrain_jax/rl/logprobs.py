@@ -188,20 +188,21 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd, symbolic_zeros=True)
 
 def chunked_token_logprobs(hidden: jax.Array, unembedding: jax.Array, targets: jax.Array, *,
                            chunk_size: int, compute_entropy: bool = False,
-                           loss_mask: jax.Array | None = None, vocab_major: bool = False
+                           loss_mask: jax.Array | None = None, vocab_major: bool = True
                            ) -> tuple[jax.Array, jax.Array | None]:
   """log pi(targets | hidden) per token, computed chunk by chunk over the sequence.
 
   Args:
     hidden: [B, L, D] final hidden states (after the final norm), any float dtype.
-    unembedding: the output projection, [D, V]; or [V, D] (a tied embedding matrix, used as is
-      without a transposed copy) with `vocab_major`.
+    unembedding: the output projection, [V, D] as the package stores it (`models.unembedding`:
+      the tied embedding or the untied head, used as is without a transposed copy); or [D, V]
+      with `vocab_major=False`.
     targets: [B, L] int token ids in [0, V).
     chunk_size: sequence positions per chunk; L need not be a multiple (the tail is padded).
     compute_entropy: also return the entropy of the full next-token distribution.
     loss_mask: optional [B, L]; when given, log-probs and entropies are computed only where it is
       nonzero (each row's loss tokens are moved to its front first) and are 0 elsewhere.
-    vocab_major: `unembedding` is [V, D].
+    vocab_major: `unembedding` is [V, D] (default); False: [D, V].
 
   Returns:
     (logp [B, L] float32, entropy [B, L] float32 or None).

@@ -9,7 +9,7 @@ from memtrain_jax.rl.logprobs import chunked_token_logprobs
 
 
 def _naive(hidden, unembedding, targets):
-  logits = jnp.einsum("bld,dv->blv", hidden.astype(jnp.float32), unembedding.astype(jnp.float32))
+  logits = jnp.einsum("bld,vd->blv", hidden.astype(jnp.float32), unembedding.astype(jnp.float32))
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   logp = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
@@ -19,7 +19,7 @@ def _naive(hidden, unembedding, targets):
 def _inputs(batch=2, length=13, dim=8, vocab=37, seed=0):
   keys = jax.random.split(jax.random.key(seed), 3)
   hidden = jax.random.normal(keys[0], (batch, length, dim))
-  unembedding = jax.random.normal(keys[1], (dim, vocab)) / np.sqrt(dim)
+  unembedding = jax.random.normal(keys[1], (vocab, dim)) / np.sqrt(dim)  # [V, D], the default
   targets = jax.random.randint(keys[2], (batch, length), 0, vocab)
   return hidden, unembedding, targets
 
@@ -70,7 +70,7 @@ def test_bf16_inputs_accumulate_in_f32():
 def test_peak_temp_memory_below_full_logits():
   batch, length, dim, vocab = 2, 1024, 64, 2048
   shapes = (jax.ShapeDtypeStruct((batch, length, dim), jnp.float32),
-            jax.ShapeDtypeStruct((dim, vocab), jnp.float32),
+            jax.ShapeDtypeStruct((vocab, dim), jnp.float32),
             jax.ShapeDtypeStruct((batch, length), jnp.int32))
 
   def compiled(fn):
@@ -135,9 +135,10 @@ def test_empty_loss_mask_gives_zeros():
 
 
 def test_vocab_major_matches_and_skips_the_transpose():
-  """A [V, D] (tied embedding) matrix gives the same values and the gradient in its own layout."""
-  hidden, unembedding, targets, mask = _masked_inputs()
-  embedding = unembedding.T
+  """A [V, D] (tied embedding) matrix gives the same values as its [D, V] transpose
+  (`vocab_major=False`), and the gradient in its own layout."""
+  hidden, embedding, targets, mask = _masked_inputs()
+  unembedding = embedding.T
 
   def loss(w, vocab_major):
     logp, _ = chunked_token_logprobs(hidden, w, targets, chunk_size=5, loss_mask=mask,
@@ -172,7 +173,7 @@ def test_bf16_weight_gradient_matches_f32_reference(vocab_major):
   hidden, unembedding, targets = _inputs(dim=64, vocab=50, length=24)
   hidden, unembedding = hidden.astype(jnp.bfloat16), unembedding.astype(jnp.bfloat16)
   weights = jax.random.normal(jax.random.key(3), targets.shape)
-  w_in = unembedding.T if vocab_major else unembedding
+  w_in = unembedding if vocab_major else unembedding.T
 
   def loss(h, w):
     logp, _ = chunked_token_logprobs(h, w, targets, chunk_size=8, vocab_major=vocab_major)
@@ -182,7 +183,7 @@ def test_bf16_weight_gradient_matches_f32_reference(vocab_major):
   ref_w = unembedding.astype(jnp.float32)
   ref_h, ref_dw = jax.grad(lambda h, w: jnp.sum(weights * _naive(h, w, targets)[0]),
                            argnums=(0, 1))(hidden.astype(jnp.float32), ref_w)
-  ref_dw = ref_dw.T if vocab_major else ref_dw
+  ref_dw = ref_dw if vocab_major else ref_dw.T
   assert d_w.shape == w_in.shape
   # d_logits is rounded to bf16 before the GEMMs: errors of bf16 size, relative to the largest.
   for got, want in ((d_h, ref_h), (d_w, ref_dw)):

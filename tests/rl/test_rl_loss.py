@@ -210,7 +210,8 @@ VOCAB, DIM, SEQ_LEN = 9, 6, 12
 
 
 def _toy_terms(config):
-  """A toy policy: logits = (embed[token] + pos[position]) @ unembed, log-probs via chunks."""
+  """A toy policy: logits = (embed[token] + pos[position]) @ unembed.T (unembed is [V, D]),
+  log-probs via chunks."""
   def terms_fn(params, micro):
     hidden = params["embed"][micro["tokens"]] + params["pos"][micro["positions"]]
     logp, entropy = chunked_token_logprobs(hidden, params["unembed"], micro["targets"], chunk_size=5,
@@ -230,7 +231,7 @@ def test_gradient_accumulation_is_invariant(aggregation):
   keys = jax.random.split(jax.random.key(0), 3)
   params = {"embed": jax.random.normal(keys[0], (VOCAB, DIM)),
             "pos": 0.1 * jax.random.normal(keys[1], (SEQ_LEN, DIM)),
-            "unembed": jax.random.normal(keys[2], (DIM, VOCAB)) / np.sqrt(DIM)}
+            "unembed": jax.random.normal(keys[2], (VOCAB, DIM)) / np.sqrt(DIM)}  # [V, D]
   lines = {name: value.reshape(-1, SEQ_LEN) for name, value in packed.as_dict().items()}
   lines["ref_logp"] = aligned["ref"].reshape(-1, SEQ_LEN)
   num_lines = lines["tokens"].shape[0]
