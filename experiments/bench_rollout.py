@@ -114,6 +114,32 @@ def decode_gemm_seconds(config, params, batch: int, repeats: int) -> float:
   return seconds
 
 
+def decode_attention_seconds(config, batch: int, capacity: int, cache_dtype, repeats: int) -> float:
+  """Seconds of one decode step's attention alone: every layer's `cached_attention` of `batch`
+  single-token queries over a cache of `capacity` slots (all attended, as the decode step does),
+  one jitted program. Each layer's queries are the previous layer's output, so the layers run
+  one after another as in the step rather than side by side."""
+  from memtrain_jax.models import decoder
+  rng = np.random.default_rng(0)
+  kv, hd = config.num_kv_heads, config.head_dim
+  k_t = [jax.numpy.asarray(rng.standard_normal((batch, kv, hd, capacity)), cache_dtype)
+         for _ in range(config.num_layers)]
+  v = [jax.numpy.asarray(rng.standard_normal((batch, kv, capacity, hd)), cache_dtype)
+       for _ in range(config.num_layers)]
+  q = jax.numpy.asarray(rng.standard_normal((batch, 1, config.num_heads, hd)), config.dtype)
+  mask = jax.numpy.ones((batch, 1, capacity), bool)
+
+  @jax.jit
+  def layers(q, k_t, v):
+    for k_layer, v_layer in zip(k_t, v):
+      q = decoder.cached_attention(q, k_layer, v_layer, mask)
+    return q
+
+  jax.block_until_ready(layers(q, k_t, v))
+  seconds, _ = best_time(lambda: jax.block_until_ready(layers(q, k_t, v)), repeats)
+  return seconds
+
+
 def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_torch=True,
                    repeats=2):
   """(ours generate tok/s, ours decode-only tok/s, prefill tok/s, torch tok/s, flop ratio)."""
@@ -171,6 +197,8 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
                                                       sampler.cache_dtype) / 1e6,
              cache_dtype=sampler.cache_dtype.name,
              gemm_ms=1e3 * decode_gemm_seconds(config, params, batch, 3),
+             attention_ms=1e3 * decode_attention_seconds(config, batch, cap, sampler.cache_dtype,
+                                                         3),
              cpu_flop_ratio=(decode_flops / cpu_decode) / (prefill_flops / cpu_prefill))
   log(f"  batch {batch}: {res}")
   return res
@@ -393,15 +421,16 @@ def main():
         "## (2) Decode FLOP rate as a fraction of prefill FLOP rate (same sampler programs)", "",
         "| batch | prefill tok/s | prefill GFLOP/s | decode ms / step | decode GFLOP/s "
         "| decode / prefill | same, by CPU time | MB read / step | memory floor ms / step "
-        "| matmuls alone ms / step | decode / prefill at the matmul floor | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| matmuls alone ms / step | attention alone ms / step "
+        "| decode / prefill at the matmul floor | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in vs:
       floor_ms = v["decode_mb_per_step"] / 1e3 / bandwidth * 1e3
       blocks["2"].append(
           f"| {v['batch']} | {v['prefill_tok_s']:.0f} | {v['prefill_gflops']:.1f} | "
           f"{v['decode_step_ms']:.0f} | {v['decode_gflops']:.1f} | {100 * v['flop_ratio']:.0f}% | "
           f"{100 * v['cpu_flop_ratio']:.0f}% | {v['decode_mb_per_step']:.0f} | {floor_ms:.0f} | "
-          f"{v['gemm_ms']:.0f} | "
+          f"{v['gemm_ms']:.0f} | {v['attention_ms']:.0f} | "
           f"{100 * v['flop_ratio'] * v['decode_step_ms'] / v['gemm_ms']:.0f}% | {v['load']:.1f} |")
     blocks["2"] += [
         "", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
@@ -419,8 +448,10 @@ def main():
         "reach: the ceiling of decode / prefill with these matmul kernels. Where the matmuls "
         "alone take longer than the memory floor, the kernels' rate at `batch` rows (a fraction "
         "of their rate on prefill's thousands of rows), not memory traffic, bounds the step. "
-        "Decode ms minus matmuls alone is the rest of the step: attention over the cache, the "
-        "cache write, norms and choosing the token.", ""]
+        "Attention alone: every layer's `cached_attention` over the full-capacity cache at "
+        "`batch` single-token queries, the layers chained as in the step, best of 3. Decode ms "
+        "minus matmuls alone minus attention alone is the rest of the step: the cache write, "
+        "norms, RoPE and choosing the token.", ""]
   if "3" in sections:
     log("(3) memory agent time per chunk")
     chunk_counts = (1, 2) if quick else (2, 4, 8, 16)
