@@ -355,6 +355,7 @@ def train(cfg, workdir: str) -> dict[str, float]:
   shd.maybe_initialize_distributed()
   mesh = shd.make_mesh(cfg.mesh.shape)
   log.info("mesh %s over %d %s device(s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
+  step_lib.check_micro_batch_size(cfg.rl.packing.micro_batch_size, mesh)
 
   start = time.time()
   model_config, params = models.load_pretrained(

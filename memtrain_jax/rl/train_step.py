@@ -176,6 +176,19 @@ def packed_batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(None, batch_axes, None))
 
 
+def check_micro_batch_size(micro_batch_size: int, mesh: Mesh) -> None:
+  """Raises unless `micro_batch_size` lines split evenly over the mesh's batch axes.
+
+  The trainer calls this at start-up as well as per batch, so a mesh that does not fit the packing
+  fails before any rollout work rather than after the first step's rollouts.
+  """
+  split = int(np.prod([mesh.shape[a] for a in packed_batch_sharding(mesh).spec[1]]))
+  if micro_batch_size % split:
+    raise ValueError(
+        f"micro_batch_size={micro_batch_size} is not divisible by the data*fsdp mesh size {split} "
+        f"(mesh {dict(mesh.shape)}); set rl.packing.micro_batch_size to a multiple of {split}")
+
+
 def state_shardings(model_config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
                     rules=sharding_lib.TRAIN_RULES) -> TrainState:
   """NamedShardings of a TrainState: params by `rules`, moments like their params, rest replicated.
@@ -236,12 +249,7 @@ def shard_batch(batch: PackedBatch | Mapping[str, np.ndarray], mesh: Mesh, *,
   if ref_logp is not None:
     arrays["ref_logp"] = ref_logp
   target = packed_batch_sharding(mesh)
-  split = np.prod([mesh.shape[a] for a in target.spec[1]])
-  micro_batch = arrays["tokens"].shape[1]
-  if micro_batch % split:
-    raise ValueError(
-        f"micro_batch_size={micro_batch} is not divisible by the data*fsdp mesh size {split} "
-        f"(mesh {dict(mesh.shape)}); set rl.packing.micro_batch_size to a multiple of {split}")
+  check_micro_batch_size(arrays["tokens"].shape[1], mesh)
   out = {}
   for name, value in arrays.items():
     if isinstance(value, jax.Array):

@@ -188,3 +188,17 @@ def test_resuming_under_a_different_config_is_refused(tmp_path):
   assert config_lib.resume_conflicts(json.loads(saved.to_json()), saved) == []
   assert config_lib.resume_conflicts(json.loads(saved.to_json()), changed) == [
       "sampling.temperature: 1.0 -> 0.7"]
+
+
+def test_a_mesh_that_does_not_split_the_micro_batch_fails_before_any_work(tmp_path):
+  # The model path does not exist: the error must come from the mesh check, before the model is
+  # loaded or a rollout is sampled (it used to come after the first step's rollouts).
+  from memtrain_jax import train as train_lib
+  from tests.train import tiny_loop_config
+  cfg = tiny_loop_config.get_config("/no/such/model")
+  cfg.mesh.shape = (2, -1, 1)
+  cfg.rl.packing.micro_batch_size = 3
+  with pytest.raises(ValueError, match=r"micro_batch_size=3 is not divisible by the data\*fsdp "
+                                       r"mesh size 8 .*multiple of 8"):
+    train_lib.train(cfg, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
