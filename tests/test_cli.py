@@ -31,3 +31,19 @@ def test_train_rejects_a_misspelt_override(capsys):
 def test_train_rejects_stray_arguments():
   with pytest.raises(SystemExit):
     cli.main(["train", "--config", "configs/default.py", "--workdir", "/tmp/unused", "--lr=3"])
+
+
+def test_library_debug_logs_stay_off_the_console(capsys):
+  import logging
+
+  cli.main(["train", "--config", "configs/default.py", "--workdir", "/tmp/unused",
+            "--config.rl.kl_coeff=0"])  # sets up logging (root at WARNING), then fails
+  # Both users of bm25s: the data pipeline's passage index (the main job) and the search-QA
+  # retriever. Importing bm25s sets its logger to DEBUG; indexing logs "Building index ...".
+  from memtrain_jax.data.passages import Passage
+  from memtrain_jax.data.retrieval import PassageIndex
+  PassageIndex([Passage("A", "alpha beta gamma", 0, 0), Passage("B", "beta delta", 1, 0)])
+  from memtrain_jax.retrieval import bm25  # noqa: F401
+  logging.getLogger("bm25s").debug("Building index from tokens")
+  assert "Building index" not in capsys.readouterr().err
+  assert logging.getLogger("memtrain").getEffectiveLevel() == logging.INFO

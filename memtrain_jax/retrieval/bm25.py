@@ -7,12 +7,17 @@ search environment can use either.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
 
 import bm25s
 from bm25s.tokenization import Tokenizer
+
+# bm25s sets its logger to DEBUG when imported, which puts its debug lines on the console past any
+# root level; NOTSET hands the decision back to the application's logging setup.
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 from memtrain_jax.retrieval.corpus import CorpusDoc, load_corpus
 from memtrain_jax.retrieval.passage import Passage
