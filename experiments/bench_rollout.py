@@ -31,7 +31,7 @@ import time
 import jax
 import numpy as np
 
-from memtrain_jax import models
+from memtrain_jax import config_lib, models
 from memtrain_jax.agent.memory_agent import (AgentConfig, AgentDocument, run_memory_agent,
                                              run_memory_recall)
 from memtrain_jax.sampling import CompileCounter, Sampler, SamplerConfig
@@ -239,6 +239,11 @@ def torch_generate_seconds(tokens, prompt_len, new_tokens, bf16=False):
   return torch_total, gemm
 
 
+# The trainer's prompt buckets (`config_lib.base_config`) up to 1,024 tokens, for (3) and (5).
+AGENT_PROMPT_BUCKETS = tuple(b for b in config_lib.base_config().sampling.prompt_buckets
+                             if b <= 1024)
+
+
 def agent_documents(tokenizer, num_docs, num_chunks, chunk_tokens, rng):
   words = tokenizer.convert_ids_to_tokens(list(range(1000, 6000)))
   words = [w.replace("Ġ", "") for w in words if w.startswith("Ġ") and w[1:].isalpha()]
@@ -256,7 +261,7 @@ def bench_agent_scaling(config, params, tokenizer, chunk_counts, g1, chunk_token
   """Seconds per chunk of one document of each length; the best of `repeats` interleaved runs."""
   short = min(16, memory_tokens)
   agent = AgentConfig(memory_max_tokens=memory_tokens, answer_max_tokens=short, recall_max_tokens=short)
-  sampler = Sampler(config, tokenizer, SamplerConfig(prompt_buckets=(256, 512, 1024),
+  sampler = Sampler(config, tokenizer, SamplerConfig(prompt_buckets=AGENT_PROMPT_BUCKETS,
                                                      batch_buckets=(1, 2, 4, 8, 16),
                                                      max_new_tokens=memory_tokens))
   rng = np.random.default_rng(0)
@@ -308,7 +313,7 @@ def bench_prefix_sharing(config, params, tokenizer, prompt_len, group, log):
 def bench_compiles_per_step(config, params, tokenizer, g1, g2, chunk_tokens, memory_tokens, log):
   short = min(16, memory_tokens)
   agent = AgentConfig(memory_max_tokens=memory_tokens, answer_max_tokens=short, recall_max_tokens=short)
-  sampler = Sampler(config, tokenizer, SamplerConfig(prompt_buckets=(256, 512, 1024),
+  sampler = Sampler(config, tokenizer, SamplerConfig(prompt_buckets=AGENT_PROMPT_BUCKETS,
                                                      batch_buckets=(1, 2, 4, 8, 16),
                                                      max_new_tokens=memory_tokens))
   rng = np.random.default_rng(2)
@@ -462,7 +467,8 @@ def main():
     spread = (max(per_chunk) - min(per_chunk)) / min(per_chunk)
     blocks["3"] = [
         f"## (3) Memory agent: seconds per chunk (G1 = {g1}, sampled, memory budget "
-        f"{memory_tokens} tokens, ~{chunk_words}-word chunks)", "",
+        f"{memory_tokens} tokens, ~{chunk_words}-word chunks, the trainer's prompt buckets "
+        f"{AGENT_PROMPT_BUCKETS})", "",
         "| chunks | total s | s / chunk | s / chunk, every run | memory tokens generated | load |",
         "|---|---|---|---|---|---|"]
     for n, v in scaling.items():
@@ -490,7 +496,7 @@ def main():
                                        log=log)
     blocks["5"] = [
         "## (5) Programs compiled per training-like step (2 documents of 2 and 3 chunks, G1 = 2, "
-        "recall G2)", "",
+        f"recall G2, prompt buckets {AGENT_PROMPT_BUCKETS})", "",
         f"- first step: {compiles['first_step']} sampler programs "
         f"({compiles['first_step_lowerings']} lowerings in total, incl. any outside the sampler)",
         f"- second identical-shape step: {compiles['second_step']} lowerings",

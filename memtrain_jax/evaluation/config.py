@@ -54,11 +54,12 @@ def eval_config() -> ConfigDict:
   cfg.sampling.seed = 0
   # Prompts and batches are padded up to these; buckets above the longest possible prompt are
   # dropped and the smallest one holding it is kept (or that length itself is added).
-  cfg.sampling.prompt_buckets = (256, 512, 1024, 2048, 4096, 8192)
+  cfg.sampling.prompt_buckets = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
   cfg.sampling.batch_buckets = (1, 2, 4, 8, 16, 32, 64)
   # KV cache dtype: "auto" = the compute dtype, but f32 for 16-bit compute on CPU (XLA:CPU writes
   # a bf16 cache out of place); or "float32" / "bfloat16".
   cfg.sampling.cache_dtype = "auto"
+  cfg.sampling.decode_step_tokens = 64  # as in training (config_lib.base_config)
 
   # The memory agent's budgets (MemAgent's eval: chunk 5000, memory 1024, answer 1024).
   cfg.agent = ConfigDict()

@@ -101,7 +101,8 @@ def long_qa_sampler_config(cfg) -> SamplerConfig:
   return SamplerConfig(prompt_buckets=prompt_buckets(cfg.sampling.prompt_buckets, longest),
                        batch_buckets=tuple(cfg.sampling.batch_buckets),
                        max_new_tokens=max(agent.memory_max_tokens, agent.answer_max_tokens),
-                       cache_dtype=cfg.sampling.cache_dtype)
+                       cache_dtype=cfg.sampling.cache_dtype,
+                       decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 
 def search_sampler_config(cfg) -> SamplerConfig:
@@ -113,7 +114,8 @@ def search_sampler_config(cfg) -> SamplerConfig:
                        batch_buckets=tuple(cfg.sampling.batch_buckets),
                        max_new_tokens=sq.max_response_tokens,
                        stop_strings=search_rollout.STOP_STRINGS,
-                       cache_dtype=cfg.sampling.cache_dtype)
+                       cache_dtype=cfg.sampling.cache_dtype,
+                       decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,9 +41,22 @@ class MicroBatch:
 
 
 def plan_microbatches(prompt_lengths: Sequence[int], prompt_keys: Sequence[bytes] | None,
-                      num_samples: int, prompt_buckets: Sequence[int], rows_per_batch: int
-                      ) -> list[MicroBatch]:
-  """Splits the prompt-major output rows into micro-batches of one prompt bucket each.
+                      num_samples: int, prompt_buckets: Sequence[int], rows_per_batch: int, *,
+                      batch_buckets: Sequence[int] | None = None, batch_multiple: int = 1,
+                      decode_loop_tokens: float = 0.0) -> list[MicroBatch]:
+  """Splits the prompt-major output rows into micro-batches, each padded to one prompt bucket.
+
+  Every micro-batch is a prefill and a decode loop. The plan minimises their estimated cost in
+  prompt tokens: each micro-batch's prefill (its distinct prompts, padded up to a batch bucket,
+  times its prompt bucket: the largest of its rows) plus `decode_loop_tokens` for its decode loop.
+  A decode step reads every weight to make one token per row, so on any hardware it costs about as
+  much as prefilling tens to hundreds of prompt tokens. So a few rows of a smaller bucket join a
+  micro-batch of longer prompts, padded up, rather than paying for a decode loop of their own,
+  while a remainder that would pad the prefill by many rows of a long bucket runs apart. With
+  `decode_loop_tokens=0` only padding counts.
+
+  Rows are ordered by prompt bucket, then by shared prefill, and the plan cuts that order into
+  runs of at most `rows_per_batch` rows, chosen by dynamic programming over the cut points.
 
   Args:
     prompt_lengths: tokens per prompt.
@@ -52,8 +65,13 @@ def plan_microbatches(prompt_lengths: Sequence[int], prompt_keys: Sequence[bytes
     num_samples: output rows per prompt; row r continues prompt r // num_samples.
     prompt_buckets: allowed padded prompt lengths.
     rows_per_batch: most output rows in one micro-batch.
+    batch_buckets: the padded numbers of prefill rows (None: no padding).
+    batch_multiple: prefill rows are padded to a batch bucket that is a multiple of this.
+    decode_loop_tokens: what one decode loop costs, in prompt tokens of prefill.
   """
   num_rows = len(prompt_lengths) * num_samples
+  if num_rows == 0:
+    return []
   if prompt_keys is None:
     share = list(range(num_rows))  # every row is its own prefill
   else:
@@ -63,19 +81,48 @@ def plan_microbatches(prompt_lengths: Sequence[int], prompt_keys: Sequence[bytes
   buckets = [pick_bucket(prompt_lengths[r // num_samples], prompt_buckets) for r in range(num_rows)]
   # Stable order by bucket then by shared prefill, so the rows of one prefill stay together.
   order = sorted(range(num_rows), key=lambda r: (buckets[r], share[r], r))
+  ordered_buckets = np.asarray([buckets[r] for r in order], np.float64)
+  # new_prefill[k]: row order[k] starts a prefill of its own when it is not the first of a run.
+  ordered_share = np.asarray([share[r] for r in order])
+  new_prefill = np.concatenate([[1], (ordered_share[1:] != ordered_share[:-1]).astype(np.int64)])
+  prefills_before = np.concatenate([[0], np.cumsum(new_prefill)])  # prefills in order[:k]
+  if batch_buckets is None:
+    padded_rows = np.arange(rows_per_batch + 1, dtype=np.float64)
+  else:
+    padded_rows = np.asarray([0] + [pick_bucket(n, batch_buckets, batch_multiple)
+                                    for n in range(1, rows_per_batch + 1)], np.float64)
+  # best[j]: the cheapest plan of order[:j] as cost * (num_rows + 1) + its number of micro-batches,
+  # so that of equally cheap plans the one with fewer micro-batches wins (the costs are whole
+  # numbers, so this is exact in float64). cut[j]: where that plan's last micro-batch starts.
+  scale = float(num_rows + 1)
+  best = np.full((num_rows + 1,), np.inf)
+  best[0] = 0.0
+  cut = np.zeros((num_rows + 1,), np.int64)
+  for j in range(1, num_rows + 1):
+    starts = np.arange(max(0, j - rows_per_batch), j)
+    # Prefills of the run order[i:j]: its first row always starts one.
+    prefills = prefills_before[j] - prefills_before[starts] - new_prefill[starts] + 1
+    cost = padded_rows[prefills] * ordered_buckets[j - 1] + round(decode_loop_tokens)
+    key = best[starts] + cost * scale + 1.0
+    # Remaining ties go to the shortest last micro-batch, so the earlier ones are the full ones.
+    k = len(key) - 1 - int(np.argmin(key[::-1]))
+    best[j], cut[j] = key[k], starts[k]
+  bounds = []
+  j = num_rows
+  while j > 0:
+    bounds.append((int(cut[j]), j))
+    j = int(cut[j])
   batches: list[MicroBatch] = []
-  last_key = None  # the shared-prefill key of the newest unique prompt in batches[-1]
-  for r in order:
-    if (not batches or batches[-1].prompt_bucket != buckets[r]
-        or len(batches[-1].out_rows) >= rows_per_batch):
-      batches.append(MicroBatch(buckets[r], [], [], []))
-      last_key = None
-    batch = batches[-1]
-    if share[r] != last_key:  # rows of one key are contiguous in `order`
-      batch.unique_prompts.append(r // num_samples)
-      last_key = share[r]
-    batch.row_source.append(len(batch.unique_prompts) - 1)
-    batch.out_rows.append(r)
+  for i, j in reversed(bounds):
+    batch = MicroBatch(buckets[order[j - 1]], [], [], [])
+    last_key = None  # the shared-prefill key of the newest unique prompt in this batch
+    for r in order[i:j]:
+      if share[r] != last_key:  # rows of one key are contiguous in `order`
+        batch.unique_prompts.append(r // num_samples)
+        last_key = share[r]
+      batch.row_source.append(len(batch.unique_prompts) - 1)
+      batch.out_rows.append(r)
+    batches.append(batch)
   return batches
 
 

@@ -48,6 +48,12 @@ class SamplerConfig:
   stop_token_ids: tuple[int, ...] = ()  # added to the model's eos ids
   stop_strings: tuple[str, ...] = ()
   share_prefix: bool = True  # one prefill per distinct prompt (off only to measure it)
+  # What one decode step costs in prompt tokens of prefill, for planning micro-batches: rows of a
+  # shorter prompt bucket are padded into a micro-batch of longer prompts when that padding costs
+  # less than a decode loop of their own (`batching.plan_microbatches`). About 50 on a 2-core CPU
+  # with SmolLM2-135M (a ~55 ms step, prefill at ~1 ms a token); hundreds on GPU/TPU, where decode
+  # is bound by reading the weights and prefill by the matmul rate. 0 plans for padding only.
+  decode_step_tokens: int = 64
   # The KV cache's dtype: "auto" is the compute dtype, except float32 for 16-bit compute on the
   # CPU backend (XLA:CPU has no in-place 16-bit cache write; see `resolve_cache_dtype`).
   cache_dtype: str = "auto"
@@ -94,6 +100,9 @@ class Sampler:
                *, mesh: jax.sharding.Mesh | None = None):
     if config.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1; got {config.max_new_tokens}")
+    if config.decode_step_tokens < 0:
+      raise ValueError(f"decode_step_tokens must be >= 0 (prompt tokens of prefill one decode step "
+                       f"costs); got {config.decode_step_tokens}")
     self.model_config = model_config
     self.tokenizer = tokenizer
     self.config = config
@@ -182,8 +191,11 @@ class Sampler:
       params = jax.device_put(params, self._param_shardings)  # no copy when already placed
 
     keys = None if not self.config.share_prefix else [p.tobytes() for p in prompts]
-    plan = batching.plan_microbatches([len(p) for p in prompts], keys, num_samples,
-                                      self.config.prompt_buckets, self.rows_per_batch)
+    plan = batching.plan_microbatches(
+        [len(p) for p in prompts], keys, num_samples, self.config.prompt_buckets,
+        self.rows_per_batch, batch_buckets=self.config.batch_buckets,
+        batch_multiple=self.batch_multiple,
+        decode_loop_tokens=self.config.decode_step_tokens * limit)
     num_rows = len(prompts) * num_samples
     tokens: list[np.ndarray | None] = [None] * num_rows
     logprobs: list[np.ndarray | None] = [None] * num_rows

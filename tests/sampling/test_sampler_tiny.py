@@ -115,7 +115,9 @@ def test_changing_knobs_recompiles_nothing(params, sampler):
 
 
 def test_second_identical_call_compiles_nothing(params):
-  sampler = Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
+  # decode_step_tokens=0: the two prompt buckets run as two micro-batches, not one padded to 32.
+  sampler = Sampler(CONFIG, IdTokenizer(), dataclasses.replace(SAMPLER_CONFIG,
+                                                               decode_step_tokens=0))
   prompts = random_prompts(CONFIG.vocab_size, [4, 20, 7])  # two prompt buckets
   with CompileCounter() as first:
     a = sampler.generate(params, prompts, num_samples=2, seed=3)
@@ -191,6 +193,24 @@ def test_prefix_sharing_prefills_once_and_changes_nothing(params):
   prefill_b = [p for p in separate.programs_built if p[0] == "prefill"][0]
   assert prefill_a[1] == (2, 16) and prefill_b[1] == (8, 16)  # unique prompts vs every row
   assert len(set(map(bytes, a.tokens[:4]))) > 1  # the shared samples still differ
+
+
+def test_prompts_of_two_buckets_merged_or_apart_give_the_same_completions(params):
+  # Two prompts of the 16 bucket and two of the 32 bucket: with decode loops costed, one
+  # micro-batch padded to 32; with decode_step_tokens=0, one micro-batch per bucket.
+  prompts = random_prompts(CONFIG.vocab_size, [5, 20, 9, 30], seed=3)
+  runs = {}
+  for step_tokens in (64, 0):
+    s = Sampler(CONFIG, IdTokenizer(), dataclasses.replace(SAMPLER_CONFIG,
+                                                           decode_step_tokens=step_tokens))
+    out = s.generate(params, prompts, num_samples=2, temperature=0.0)
+    runs[step_tokens] = (out, sorted(p[1] for p in s.programs_built if p[0] == "prefill"))
+  assert runs[64][1] == [(4, 32)]
+  assert runs[0][1] == [(2, 16), (2, 32)]
+  for a, b, x, y in zip(runs[64][0].tokens, runs[0][0].tokens, runs[64][0].logprobs,
+                        runs[0][0].logprobs):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(x, y, atol=1e-5)
 
 
 def test_more_rows_than_the_largest_batch_bucket(params, sampler):
