@@ -402,6 +402,13 @@ def check_cache_dtype(cache_dtype: str, field: str = "sampling.cache_dtype") -> 
     raise ValueError(f"{field}={cache_dtype!r}; use one of {', '.join(map(repr, CACHE_DTYPES))}")
 
 
+def check_decode_step_tokens(value: int, field: str = "sampling.decode_step_tokens") -> None:
+  """Refuses a negative decode-step cost (`sampling.batching.plan_microbatches`)."""
+  if value < 0:
+    raise ValueError(f"{field}={value}: it is what one decode step costs in prompt tokens of "
+                     "prefill; use a value >= 0")
+
+
 def validate(cfg: ConfigDict) -> None:
   """Raises ValueError for combinations that cannot run."""
   loss_config(cfg)  # checks aggregation / estimator names
@@ -423,6 +430,7 @@ def validate(cfg: ConfigDict) -> None:
                                      min(cfg.task.long_qa.target_tokens) <= 0):
     raise ValueError("task.long_qa.target_tokens must be a non-empty tuple of positive lengths")
   check_cache_dtype(cfg.sampling.cache_dtype)
+  check_decode_step_tokens(cfg.sampling.decode_step_tokens)
   if cfg.objectives.end_to_end.num_rollouts < 1 or cfg.objectives.recall.num_samples < 1:
     raise ValueError("objectives.*.num_rollouts / num_samples must be >= 1")
   if cfg.rl.ppo_epochs < 1 or cfg.rl.num_mini_batches < 1:

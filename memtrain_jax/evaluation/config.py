@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from memtrain_jax.config_lib import check_cache_dtype
+from memtrain_jax.config_lib import check_cache_dtype, check_decode_step_tokens
 from memtrain_jax.tasks import longqa, ruler_hotpotqa, searchqa
 
 ConfigDict = ml_collections.ConfigDict
@@ -324,6 +324,7 @@ def validate_eval_config(cfg: ConfigDict, check_paths: bool = True) -> None:
     if cfg.agent[field] < 1:
       raise ValueError(f"agent.{field}={cfg.agent[field]} must be >= 1")
   check_cache_dtype(cfg.sampling.cache_dtype)
+  check_decode_step_tokens(cfg.sampling.decode_step_tokens)
   _positive("sampling.prompt_buckets", cfg.sampling.prompt_buckets)
   _positive("sampling.batch_buckets", cfg.sampling.batch_buckets)
   if not (cfg.long_qa.enabled or cfg.search_qa.enabled):

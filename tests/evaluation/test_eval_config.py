@@ -118,3 +118,7 @@ def test_fingerprints_follow_only_what_decides_a_cell():
   assert set(longer) - set(base) == {"long_qa__base__memory_agent__tokens4096",
                                      "long_qa__base__full_context__tokens4096"}
   assert all(longer[k] == v for k, v in base.items())
+
+
+def test_negative_decode_step_cost():
+  assert "sampling.decode_step_tokens=-5" in _error(_cfg(sampling__decode_step_tokens=-5))

@@ -115,6 +115,13 @@ def test_validate_rejects_an_unknown_cache_dtype():
     config_lib.validate(cfg)
 
 
+def test_validate_rejects_a_negative_decode_step_cost():
+  cfg = config_lib.load_config(os.path.join(REPO, "configs", "default.py"),
+                               ["--config.sampling.decode_step_tokens=-1"])
+  with pytest.raises(ValueError, match=r"sampling.decode_step_tokens=-1: .* >= 0"):
+    config_lib.validate(cfg)
+
+
 def test_validate_rejects_a_packing_length_shorter_than_a_row():
   cfg = config_lib.load_config(PAPER_4B, ["--config.rl.packing.seq_len=4096"])
   with pytest.raises(ValueError, match="rl.packing.seq_len=4096 is shorter than the longest row"):
