@@ -340,16 +340,24 @@ SECTIONS = ("1", "2", "3", "4", "5")
 
 def merge_sections(old_md: str, header_note: str, blocks: dict, log_lines: list) -> str:
   """`old_md` with the `## (n)` sections in `blocks` replaced, a note under the title and the new
-  log lines added to the raw log; everything else is kept."""
+  log lines added to the raw log; everything else is kept.
+
+  Earlier re-run notes stay while a section they name is still theirs, so every section's figures
+  keep a note that says when and under what load they were measured.
+  """
   lines = old_md.rstrip("\n").split("\n")
   heads = [i for i, line in enumerate(lines) if line.startswith("## ")] + [len(lines)]
   preamble, parts = lines[:heads[0]], []
   for a, b in zip(heads[:-1], heads[1:]):
     parts.append(lines[a:b])
+  notes = [line for line in preamble if line.startswith("Re-run of sections")
+           and not set(re.findall(r"\((\d)\)", line.split(" on ")[0])) <= set(blocks)]
   preamble = [line for line in preamble if not line.startswith("Re-run of sections")]
   while preamble and not preamble[-1]:
     preamble.pop()
-  out = preamble + ["", header_note, ""]
+  out = preamble + [""]
+  for note in notes + [header_note]:
+    out += [note, ""]
   for part in parts:
     m = re.match(r"## \((\d)\)", part[0])
     if m and m.group(1) in blocks:
@@ -510,7 +518,7 @@ def main():
     note = (f"Re-run of sections {', '.join(f'({n})' for n in sections)} on "
             f"{time.strftime('%Y-%m-%d')} ({cpu_model()}): load average at start "
             f"{fmt_load(load_start)}, at end "
-            f"{fmt_load(load_end)}, wall time {wall:.0f} s; the other sections are from the run "
+            f"{fmt_load(load_end)}, wall time {wall:.0f} s; the other sections are from the runs "
             "described above.")
     with open(args.out) as f:
       text = merge_sections(f.read(), note, blocks,
