@@ -2,7 +2,8 @@
 
 Prompt lengths are padded up to a bucket and batches up to a batch bucket, so a whole training
 step needs only a few distinct program shapes. Rows that continue the same prompt (the n samples
-of one prompt, or identical prompts) share one prefill.
+of one prompt, or identical prompts) share one prefill. Which rows run together is the cheapest
+cut of the bucket-ordered rows, padding against decode loops (`plan_microbatches`).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class MicroBatch:
 def plan_microbatches(prompt_lengths: Sequence[int], prompt_keys: Sequence[bytes] | None,
                       num_samples: int, prompt_buckets: Sequence[int], rows_per_batch: int, *,
                       batch_buckets: Sequence[int] | None = None, batch_multiple: int = 1,
-                      decode_loop_tokens: float = 0.0) -> list[MicroBatch]:
+                      decode_loop_tokens: int = 0) -> list[MicroBatch]:
   """Splits the prompt-major output rows into micro-batches, each padded to one prompt bucket.
 
   Every micro-batch is a prefill and a decode loop. The plan minimises their estimated cost in
@@ -82,7 +83,8 @@ def plan_microbatches(prompt_lengths: Sequence[int], prompt_keys: Sequence[bytes
   # Stable order by bucket then by shared prefill, so the rows of one prefill stay together.
   order = sorted(range(num_rows), key=lambda r: (buckets[r], share[r], r))
   ordered_buckets = np.asarray([buckets[r] for r in order], np.float64)
-  # new_prefill[k]: row order[k] starts a prefill of its own when it is not the first of a run.
+  # new_prefill[k] = 1 where order[k]'s shared prefill differs from order[k-1]'s: inside a run such
+  # a row adds one prefill (and a run's first row adds one whatever it is).
   ordered_share = np.asarray([share[r] for r in order])
   new_prefill = np.concatenate([[1], (ordered_share[1:] != ordered_share[:-1]).astype(np.int64)])
   prefills_before = np.concatenate([[0], np.cumsum(new_prefill)])  # prefills in order[:k]
@@ -102,7 +104,7 @@ def plan_microbatches(prompt_lengths: Sequence[int], prompt_keys: Sequence[bytes
     starts = np.arange(max(0, j - rows_per_batch), j)
     # Prefills of the run order[i:j]: its first row always starts one.
     prefills = prefills_before[j] - prefills_before[starts] - new_prefill[starts] + 1
-    cost = padded_rows[prefills] * ordered_buckets[j - 1] + round(decode_loop_tokens)
+    cost = padded_rows[prefills] * ordered_buckets[j - 1] + int(decode_loop_tokens)
     key = best[starts] + cost * scale + 1.0
     # Remaining ties go to the shortest last micro-batch, so the earlier ones are the full ones.
     k = len(key) - 1 - int(np.argmin(key[::-1]))

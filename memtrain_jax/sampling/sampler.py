@@ -7,7 +7,9 @@
   `lax.while_loop` that ends when every row is done. Weights are arguments, never constants.
 - Shapes: prompts are left-padded to a prompt bucket, batches to a batch bucket; the cache holds
   bucket + `max_new_tokens` slots. Each (batch bucket, prompt bucket) pair compiles once;
-  `num_compiles()` reports how many programs this sampler has built.
+  `num_compiles()` reports how many programs this sampler has built. The rows of one call are
+  cut into micro-batches (each one prefill and one decode loop) by the cheapest plan in prompt
+  tokens, padding against decode loops (`decode_step_tokens`, `batching.plan_microbatches`).
 - Temperature, top-p, top-k, the per-call token budget and the seed are traced values.
 - Completions end on the model's eos ids, `stop_token_ids` or `stop_strings`; the stop token is
   part of the completion. Lengths, not `token == pad_id`, say where a completion ends.
