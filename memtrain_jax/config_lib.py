@@ -95,8 +95,8 @@ def base_config() -> ConfigDict:
   # of 1.5x and 1.33x rather than 2x pad a prompt by roughly 15% rather than 25% on average (for
   # lengths spread evenly between buckets), for at most twice the prefill and decode programs;
   # micro-batch planning (decode_step_tokens) keeps prompts that straddle two buckets in one
-  # micro-batch. Measured on the CPU main job: rollouts 12.4 / 11.0 s
-  # against 13.9 / 11.7 s a step with powers of two only, and no more sampler programs (7).
+  # micro-batch. Measured on the CPU main job: rollouts 12.4 / 11.0 s against 13.9 / 11.7 s a step
+  # with powers of two only, and no more sampler programs (7).
   cfg.sampling.prompt_buckets = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
   cfg.sampling.batch_buckets = (1, 2, 4, 8, 16, 32, 64, 128, 256)
   # KV cache dtype: "auto" = the compute dtype, but f32 for 16-bit compute on CPU (XLA:CPU writes

@@ -4,7 +4,6 @@ The paper retrieves the "top-29 semantically related" passages with a
 retriever it does not name (§9 NOT FOUND); BM25 is the lexical stand-in.
 """
 
-import logging
 import re
 from typing import Sequence
 
@@ -37,9 +36,8 @@ class PassageIndex:
     corpus = [_tokens(p.text, self._stopwords) for p in self.passages]
     self.backend = backend
     if backend == 'bm25s':
-      import bm25s  # pylint: disable=g-import-not-at-top
-      # bm25s sets its logger to DEBUG at import; NOTSET defers to the application's logging.
-      logging.getLogger('bm25s').setLevel(logging.NOTSET)
+      # Through the retriever module, which hands bm25s's DEBUG logger back to the application.
+      from memtrain_jax.retrieval.bm25 import bm25s  # pylint: disable=g-import-not-at-top
       self._bm25 = bm25s.BM25()
       self._bm25.index(corpus, show_progress=False)
     elif backend == 'rank_bm25':

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 import bm25s
 from bm25s.tokenization import Tokenizer
 
-# bm25s sets its logger to DEBUG when imported, which puts its debug lines on the console past any
-# root level; NOTSET hands the decision back to the application's logging setup.
-logging.getLogger("bm25s").setLevel(logging.NOTSET)
-
 from memtrain_jax.retrieval.corpus import CorpusDoc, load_corpus
 from memtrain_jax.retrieval.passage import Passage
+
+# bm25s sets its logger to DEBUG when imported, which puts its debug lines on the console past any
+# root level; NOTSET hands the decision back to the application's logging setup. Every user of
+# bm25s in the package imports it from here (`data.retrieval` too), so this is done once.
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 
 class BM25Retriever:
