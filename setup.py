@@ -46,7 +46,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["memtrain_jax", "memtrain_jax.*"]),
-    package_data={"memtrain_jax": ["data/corpus/*", "tasks/data/*"]},
+    package_data={"memtrain_jax": ["data/corpus/*", "tasks/data/*", "kernels/*.cc"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

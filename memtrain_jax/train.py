@@ -104,6 +104,7 @@ def sampler_config(cfg) -> SamplerConfig:
   return SamplerConfig(prompt_buckets=buckets, batch_buckets=tuple(cfg.sampling.batch_buckets),
                        max_new_tokens=budget, stop_strings=stops,
                        cache_dtype=cfg.sampling.cache_dtype,
+                       decode_attention=cfg.sampling.decode_attention,
                        decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 

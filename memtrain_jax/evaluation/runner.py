@@ -102,6 +102,7 @@ def long_qa_sampler_config(cfg) -> SamplerConfig:
                        batch_buckets=tuple(cfg.sampling.batch_buckets),
                        max_new_tokens=max(agent.memory_max_tokens, agent.answer_max_tokens),
                        cache_dtype=cfg.sampling.cache_dtype,
+                       decode_attention=cfg.sampling.decode_attention,
                        decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 
@@ -115,6 +116,7 @@ def search_sampler_config(cfg) -> SamplerConfig:
                        max_new_tokens=sq.max_response_tokens,
                        stop_strings=search_rollout.STOP_STRINGS,
                        cache_dtype=cfg.sampling.cache_dtype,
+                       decode_attention=cfg.sampling.decode_attention,
                        decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 

@@ -315,8 +315,11 @@ def _cache_write(cache: jax.Array, update: jax.Array, index: tuple) -> jax.Array
 
 
 def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, write_index=None,
-           first_key_blocks=None, empty_cache=False):
-  """One pre-norm decoder layer. Returns (x, new_kv_cache or None)."""
+           first_key_blocks=None, empty_cache=False, attend_cache=None):
+  """One pre-norm decoder layer. Returns (x, new_kv_cache or None).
+
+  `attend_cache(q, k_t, v)` replaces `cached_attention` over `mask` against a non-empty cache.
+  """
   h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
   q, k, v = _project_qkv(config, lp, h, cos, sin)
   new_cache = None
@@ -338,7 +341,8 @@ def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, wr
       # Attention reads the cache after the write. Reading it before (the block's own K/V as a
       # separate part) made XLA:CPU copy every layer's whole cache per step to keep the write
       # in place: a decode step at batch 32 went from 132 to 180 ms.
-      attn = cached_attention(q, k_all, v_all, mask)
+      attn = (cached_attention(q, k_all, v_all, mask) if attend_cache is None
+              else attend_cache(q, k_all, v_all))
   x = x + _dense(attn, lp["wo"], in_axes=2)
   h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
   x = x + _mlp(config, lp, h)
@@ -346,11 +350,12 @@ def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, wr
 
 
 def _run_layers(config: ModelConfig, params: Params, x, cos, sin, mask, cache=None,
-                write_index=None, first_key_blocks=None, empty_cache=False):
+                write_index=None, first_key_blocks=None, empty_cache=False, attend_cache=None):
   """Runs every layer, unrolled (list of layers) or with lax.scan (stacked layers)."""
 
   def body(x, lp, kv):
-    return _layer(config, lp, x, cos, sin, mask, kv, write_index, first_key_blocks, empty_cache)
+    return _layer(config, lp, x, cos, sin, mask, kv, write_index, first_key_blocks, empty_cache,
+                  attend_cache)
 
   if config.remat:
     body = jax.checkpoint(body, prevent_cse=not is_stacked(params))
@@ -471,7 +476,8 @@ def cache_capacity(cache: Any) -> int:
 
 def forward_with_cache(config: ModelConfig, params: Params, tokens: jax.Array, cache: Any, *,
                        write_index: jax.Array, cache_start: jax.Array,
-                       empty_cache: bool = False) -> tuple[jax.Array, Any]:
+                       empty_cache: bool = False,
+                       decode_attention=None) -> tuple[jax.Array, Any]:
   """Runs a block of tokens against the cache; returns (hidden [B,T,D], updated cache).
 
   The block's K/V go to slots [write_index, write_index + T) of every row. Row b's real tokens
@@ -481,6 +487,10 @@ def forward_with_cache(config: ModelConfig, params: Params, tokens: jax.Array, c
   `empty_cache` (static) promises that no slot before `write_index` holds a key (a prefill into
   a fresh cache): attention then runs over the block alone, skipping the key blocks above its
   diagonal, instead of over the whole capacity.
+
+  `decode_attention(q [B,H,D], k_t, v, cache_start, end)`, a kernel over the cache's layout
+  (`kernels.decode_attention`), replaces the XLA attention for a single-token block against a
+  non-empty cache (a decode step): row b attends slots [cache_start[b], end).
   """
   _check_tokens(tokens)
   b, t = tokens.shape
@@ -491,8 +501,12 @@ def forward_with_cache(config: ModelConfig, params: Params, tokens: jax.Array, c
   key_slots = slots if empty_cache else jnp.arange(capacity, dtype=jnp.int32)
   mask = (key_slots[None, None, :] >= cache_start[:, None, None]) & (
       key_slots[None, None, :] <= slots[None, :, None])
+  attend_cache = None
+  if decode_attention is not None and t == 1 and not empty_cache:
+    end = write_index + 1
+    attend_cache = lambda q, k_t, v: decode_attention(q[:, 0], k_t, v, cache_start, end)[:, None]
   cos, sin = rope_cos_sin(config, positions)
   x = _embed(config, params, tokens)
   x, cache = _run_layers(config, params, x, cos, sin, mask, cache=cache, write_index=write_index,
-                         empty_cache=empty_cache)
+                         empty_cache=empty_cache, attend_cache=attend_cache)
   return rms_norm(x, params["final_norm"], config.rms_norm_eps), cache

@@ -99,7 +99,8 @@ def _record(state: _State, choice: TokenChoice, stop: StopSpec, limit: jax.Array
 
 def decode(config: ModelConfig, params: Any, cache: Any, logits: jax.Array, cache_start: jax.Array,
            active: jax.Array, limit: jax.Array, sampling: SamplingParams, seed: jax.Array,
-           stream: jax.Array, stop: StopSpec, *, max_new_tokens: int) -> DecodeOutput:
+           stream: jax.Array, stop: StopSpec, *, max_new_tokens: int,
+           decode_attention=None) -> DecodeOutput:
   """Samples up to `limit` (<= max_new_tokens) tokens per row; stops when every row is done.
 
   Args:
@@ -109,6 +110,7 @@ def decode(config: ModelConfig, params: Any, cache: Any, logits: jax.Array, cach
     sampling: traced temperature / top-p / top-k.
     seed, stream: int32 scalars; the random stream is fold_in(key(seed), stream).
     stop: stop ids and token sequences.
+    decode_attention: optional attention kernel for the steps (`models.forward_with_cache`).
   """
   batch = logits.shape[0]
   prompt_len = models.cache_capacity(cache) - max_new_tokens
@@ -132,7 +134,7 @@ def decode(config: ModelConfig, params: Any, cache: Any, logits: jax.Array, cach
     last = jax.lax.dynamic_index_in_dim(state.out.tokens, state.step - 1, axis=1)  # [B, 1]
     hidden, cache = models.forward_with_cache(
         config, params, last, state.cache, write_index=prompt_len + state.step - 1,
-        cache_start=cache_start)
+        cache_start=cache_start, decode_attention=decode_attention)
     logits = models.logits_from_hidden(config, params, hidden[:, 0])
     return choose(state._replace(cache=cache), logits)
 

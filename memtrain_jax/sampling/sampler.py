@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from typing import Any, Sequence
 
 import jax
@@ -31,7 +32,8 @@ import numpy as np
 
 from memtrain_jax import models
 from memtrain_jax import sharding as shd
-from memtrain_jax.config_lib import check_cache_dtype
+from memtrain_jax.config_lib import check_cache_dtype, check_decode_attention
+from memtrain_jax.kernels import decode_attention
 from memtrain_jax.models.config import ModelConfig
 from memtrain_jax.sampling import batching, programs
 from memtrain_jax.sampling.logits import SamplingParams
@@ -59,6 +61,10 @@ class SamplerConfig:
   # The KV cache's dtype: "auto" is the compute dtype, except float32 for 16-bit compute on the
   # CPU backend (XLA:CPU has no in-place 16-bit cache write; see `resolve_cache_dtype`).
   cache_dtype: str = "auto"
+  # A decode step's attention: "auto" = the multi-threaded CPU kernel on the CPU backend when it
+  # builds (`kernels.decode_attention`; else XLA's, with a warning), "kernel" = the kernel or an
+  # error, "xla" = XLA's attention everywhere. GPU/TPU use XLA's attention.
+  decode_attention: str = "auto"
 
 
 def resolve_cache_dtype(cache_dtype: str, model_config: ModelConfig, backend: str) -> np.dtype:
@@ -80,6 +86,48 @@ def resolve_cache_dtype(cache_dtype: str, model_config: ModelConfig, backend: st
   if backend == "cpu" and compute.itemsize < 4:
     return np.dtype(np.float32)
   return compute
+
+
+def resolve_decode_attention(setting: str, backend: str):
+  """The kernel for `SamplerConfig.decode_attention` on `backend`, or None for XLA's attention.
+
+  "auto" uses the CPU kernel on the CPU backend when it builds and XLA's attention otherwise (with
+  a warning naming why, on CPU); "kernel" raises `KernelUnavailableError` or, on another backend,
+  ValueError instead of falling back.
+  """
+  check_decode_attention(setting, "SamplerConfig.decode_attention")
+  if setting == "xla":
+    return None
+  if backend != "cpu":
+    if setting == "kernel":
+      raise ValueError(f"SamplerConfig.decode_attention='kernel' is a CPU kernel; the backend is "
+                       f"{backend!r}: use 'auto' or 'xla'")
+    return None
+  reason = decode_attention.unavailable_reason()
+  if reason is None:
+    return decode_attention.decode_attention
+  if setting == "kernel":
+    raise decode_attention.KernelUnavailableError(reason)
+  _warn_kernel_fallback(reason)
+  return None
+
+
+@functools.cache
+def _warn_kernel_fallback(reason: str) -> None:
+  logging.getLogger("memtrain").warning(
+      "decode attention runs on XLA (slower on CPU) because the CPU kernel is unavailable: %s",
+      reason)
+
+
+def shard_decode_attention(kernel, mesh: jax.sharding.Mesh):
+  """`kernel` per shard of the rollout layout: rows over the cache's batch axes, query and KV
+  heads over its head axis (query heads are grouped per KV head, so the blocks line up)."""
+  batch, heads = shd.logical_to_spec(_CACHE_AXES, shd.ROLLOUT_RULES)[:2]
+  spec = jax.sharding.PartitionSpec
+  return jax.shard_map(kernel, mesh=mesh,
+                       in_specs=(spec(batch, heads, None), spec(batch, heads, None, None),
+                                 spec(batch, heads, None, None), spec(batch), spec()),
+                       out_specs=spec(batch, heads, None), check_vma=False)
 
 
 @dataclasses.dataclass
@@ -115,6 +163,9 @@ class Sampler:
     backend = (jax.default_backend() if mesh is None
                else mesh.devices.flat[0].platform)
     self.cache_dtype = resolve_cache_dtype(config.cache_dtype, model_config, backend)
+    self.decode_attention = resolve_decode_attention(config.decode_attention, backend)
+    if self.decode_attention is not None and mesh is not None:
+      self.decode_attention = shard_decode_attention(self.decode_attention, mesh)
     self.batch_multiple = 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
     self.rows_per_batch = batching.max_rows(config.batch_buckets, self.batch_multiple)
     self.programs_built: list[tuple] = []  # (program, shapes) per trace, i.e. per compile
@@ -149,7 +200,8 @@ class Sampler:
     capacity = models.cache_capacity(cache)
     self.programs_built.append(("decode", tuple(logits.shape[:1]), capacity))
     return programs.decode(self.model_config, params, cache, logits, cache_start, active, limit,
-                           sampling, seed, stream, stop, max_new_tokens=self.config.max_new_tokens)
+                           sampling, seed, stream, stop, max_new_tokens=self.config.max_new_tokens,
+                           decode_attention=self.decode_attention)
 
   def num_compiles(self) -> int:
     """Programs this sampler has compiled (or fetched from the persistent cache) so far."""

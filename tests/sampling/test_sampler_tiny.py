@@ -99,6 +99,22 @@ def test_cache_dtype_resolution():
     Sampler(CONFIG, IdTokenizer(), SamplerConfig(cache_dtype="int8"))
 
 
+def test_the_decode_attention_kernel_changes_no_completion(params):
+  """The CPU kernel and XLA's attention give the same greedy tokens, and log-probs and sampled
+  tokens as close as their float32 sums."""
+  with_kernel = Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
+  with_xla = Sampler(CONFIG, IdTokenizer(),
+                     dataclasses.replace(SAMPLER_CONFIG, decode_attention="xla"))
+  assert with_kernel.decode_attention is not None and with_xla.decode_attention is None
+  prompts = random_prompts(CONFIG.vocab_size, LENGTHS, seed=5)
+  for temperature in (0.0, 1.0):
+    a = with_kernel.generate(params, prompts, num_samples=2, temperature=temperature, seed=1)
+    b = with_xla.generate(params, prompts, num_samples=2, temperature=temperature, seed=1)
+    for ta, tb, la, lb in zip(a.tokens, b.tokens, a.logprobs, b.logprobs):
+      np.testing.assert_array_equal(ta, tb)
+      np.testing.assert_allclose(la, lb, atol=1e-5)
+
+
 def test_changing_knobs_recompiles_nothing(params, sampler):
   prompts = random_prompts(CONFIG.vocab_size, LENGTHS)
   sampler.generate(params, prompts, temperature=1.0)

@@ -115,6 +115,13 @@ def test_validate_rejects_an_unknown_cache_dtype():
     config_lib.validate(cfg)
 
 
+def test_validate_rejects_an_unknown_decode_attention():
+  cfg = config_lib.load_config(os.path.join(REPO, "configs", "default.py"),
+                               ["--config.sampling.decode_attention=fast"])
+  with pytest.raises(ValueError, match="sampling.decode_attention='fast'; use one of 'auto'"):
+    config_lib.validate(cfg)
+
+
 def test_validate_rejects_a_negative_decode_step_cost():
   cfg = config_lib.load_config(os.path.join(REPO, "configs", "default.py"),
                                ["--config.sampling.decode_step_tokens=-1"])

@@ -1,0 +1,191 @@
+"""The CPU decode-attention kernel: float64 reference, XLA's attention, sharding, build failures."""
+
+import functools
+import logging
+import stat
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from memtrain_jax import sharding
+from memtrain_jax.config_lib import check_decode_attention
+from memtrain_jax.kernels import decode_attention as kernel
+from memtrain_jax.models import decoder
+from memtrain_jax.sampling import sampler as sampler_lib
+
+
+def _reference(q, k_t, v, start, end):
+  """float64 numpy: q [B,H,D] against slots [start[b], end) of k_t [B,K,D,S], v [B,K,S,D]."""
+  q, k_t, v = (np.asarray(jnp.asarray(x, jnp.float32), np.float64) for x in (q, k_t, v))
+  b, h, d = q.shape
+  group = h // k_t.shape[1]
+  out = np.zeros((b, h, d))
+  for row in range(b):
+    lo, hi = max(int(start[row]), 0), min(int(end), k_t.shape[-1])
+    if hi <= lo:
+      continue
+    for head in range(h):
+      keys = k_t[row, head // group, :, lo:hi]  # [D, L]
+      scores = q[row, head] @ keys / np.sqrt(d)
+      p = np.exp(scores - scores.max())
+      out[row, head] = (p / p.sum()) @ v[row, head // group, lo:hi]
+  return out
+
+
+def _inputs(rng, batch, heads, kv_heads, head_dim, slots, q_dtype, cache_dtype):
+  q = jnp.asarray(rng.standard_normal((batch, heads, head_dim)), q_dtype)
+  k_t = jnp.asarray(rng.standard_normal((batch, kv_heads, head_dim, slots)), cache_dtype)
+  v = jnp.asarray(rng.standard_normal((batch, kv_heads, slots, head_dim)), cache_dtype)
+  return q, k_t, v
+
+
+# Head dims 64 and 128 take the compiled-in paths, the others the generic one; groups of 1, 2, 3, 7
+# query heads per KV head; more and fewer (row, KV head) pairs than threads.
+SHAPES = [  # batch, heads, kv_heads, head_dim, slots
+    (4, 9, 3, 64, 200), (3, 8, 4, 128, 70), (2, 14, 2, 16, 130), (5, 4, 4, 80, 65),
+    (1, 2, 1, 32, 1)]
+
+
+@pytest.mark.parametrize("cache_dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_float32_matches_a_float64_reference(shape, cache_dtype):
+  """A float32 q against a float32 or bfloat16 cache (q keeps its precision, where XLA's
+  attention rounds it to the cache's dtype)."""
+  batch, heads, kv_heads, head_dim, slots = shape
+  rng = np.random.default_rng(sum(shape))
+  q, k_t, v = _inputs(rng, *shape, jnp.float32, cache_dtype)
+  end = slots if slots < 10 else slots - 3
+  # Rows starting at 0, in the middle, at the last attended slot, and after it (no slot: zeros).
+  start = np.array([0, end // 2, end - 1, end + 1, 7][:batch], np.int32)
+  start = np.minimum(start, slots)
+  got = np.asarray(jax.jit(kernel.decode_attention)(q, k_t, v, start, np.int32(end)))
+  np.testing.assert_allclose(got, _reference(q, k_t, v, start, end), atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("q_dtype,cache_dtype", [(jnp.float32, jnp.float32),
+                                                 (jnp.bfloat16, jnp.float32),
+                                                 (jnp.bfloat16, jnp.bfloat16)])
+def test_matches_the_xla_attention_it_replaces(q_dtype, cache_dtype):
+  """`decoder.cached_attention` over the decode mask: with a 16-bit q both round the
+  probabilities to bf16, so they agree to the rounding of the output."""
+  batch, heads, kv_heads, head_dim, slots = 6, 9, 3, 64, 96
+  rng = np.random.default_rng(1)
+  q, k_t, v = _inputs(rng, batch, heads, kv_heads, head_dim, slots, q_dtype, cache_dtype)
+  start = rng.integers(0, 40, batch).astype(np.int32)
+  end = 80
+  slot = np.arange(slots)
+  mask = jnp.asarray((slot[None, :] >= start[:, None]) & (slot[None, :] < end))[:, None, :]
+  xla = jax.jit(decoder.cached_attention)(q[:, None], k_t, v, mask)[:, 0]
+  got = jax.jit(kernel.decode_attention)(q, k_t, v, start, np.int32(end))
+  assert got.dtype == q_dtype
+  got, xla = np.asarray(got, np.float32), np.asarray(xla, np.float32)
+  if q_dtype == jnp.float32:
+    np.testing.assert_allclose(got, xla, atol=1e-6, rtol=1e-6)
+  else:
+    # Only the float32 sums' order differs, so the bf16 outputs are the same but for a rare
+    # rounding flip (unrounded probabilities would leave about a third of them different).
+    np.testing.assert_allclose(got, xla, atol=2 ** -7, rtol=2 ** -7)
+    assert np.mean(got == xla) >= 0.99
+
+
+def test_decode_steps_of_the_decoder_match_xla_attention():
+  """`forward_with_cache` with the kernel, step by step in one jitted loop, against XLA's."""
+  from tests.rollout_fixtures import tiny_config, tiny_params
+  config = tiny_config(num_heads=6, num_kv_heads=2, head_dim=16)
+  params = tiny_params(config)
+  rng = np.random.default_rng(0)
+  prompt_len, steps = 12, 5
+  tokens = jnp.asarray(rng.integers(3, config.vocab_size, (3, prompt_len)), jnp.int32)
+  cache_start = jnp.asarray([0, 4, 9], jnp.int32)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def run(use_kernel):
+    cache = decoder.init_cache(config, 3, prompt_len + steps)
+    hidden, cache = decoder.forward_with_cache(config, params, tokens, cache, write_index=0,
+                                               cache_start=cache_start, empty_cache=True)
+
+    def step(carry, i):
+      hidden, cache = carry
+      token = jnp.argmax(decoder.logits_from_hidden(config, params, hidden[:, -1:]), -1)
+      hidden, cache = decoder.forward_with_cache(
+          config, params, token.astype(jnp.int32), cache, write_index=prompt_len + i,
+          cache_start=cache_start,
+          decode_attention=kernel.decode_attention if use_kernel else None)
+      return (hidden, cache), hidden[:, 0]
+
+    return jax.lax.scan(step, (hidden[:, -1:], cache), jnp.arange(steps))[1]
+
+  ours, xla = run(True), run(False)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(xla), atol=1e-5)
+  # The kernel is really in the program.
+  assert kernel.TARGET_NAME in run.lower(True).as_text()
+  assert kernel.TARGET_NAME not in run.lower(False).as_text()
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 4, 2), (8, 1, 1)])
+def test_sharded_kernel_equals_one_device(mesh_shape):
+  assert jax.device_count() == 8
+  mesh = sharding.make_mesh(mesh_shape)
+  rng = np.random.default_rng(2)
+  q, k_t, v = _inputs(rng, 8, 8, 2, 16, 40, jnp.float32, jnp.float32)
+  start = rng.integers(0, 30, 8).astype(np.int32)
+  single = kernel.decode_attention(q, k_t, v, start, np.int32(35))
+  sharded = jax.jit(sampler_lib.shard_decode_attention(kernel.decode_attention, mesh))(
+      q, k_t, v, start, np.int32(35))
+  np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=1e-6)
+
+
+def test_bad_shapes_and_dtypes_are_refused():
+  rng = np.random.default_rng(3)
+  q, k_t, v = _inputs(rng, 2, 6, 4, 16, 10, jnp.float32, jnp.float32)  # 4 KV heads do not divide 6
+  with pytest.raises(ValueError, match=r"q \[B, H, D\], k_t \[B, K, D, S\]"):
+    kernel.decode_attention(q, k_t, v, np.zeros(2, np.int32), 5)
+  q, k_t, v = _inputs(rng, 2, 4, 2, 16, 10, jnp.float16, jnp.float32)
+  with pytest.raises(ValueError, match="float32 and bfloat16"):
+    kernel.decode_attention(q, k_t, v, np.zeros(2, np.int32), 5)
+
+
+def test_build_is_cached_and_rebuilt_for_a_new_cache_dir(tmp_path, monkeypatch):
+  monkeypatch.setenv("MEMTRAIN_JAX_KERNEL_CACHE", str(tmp_path))
+  library = kernel.build()
+  assert library.parent == tmp_path and library.exists()
+  built = library.stat().st_mtime_ns
+  assert kernel.build() == library and library.stat().st_mtime_ns == built
+  assert [p.name for p in tmp_path.iterdir()] == [library.name]  # no leftovers from the build
+
+
+def test_build_failures_name_the_cause(tmp_path, monkeypatch):
+  monkeypatch.setenv("MEMTRAIN_JAX_KERNEL_CACHE", str(tmp_path))
+  monkeypatch.setattr(kernel, "find_compiler", lambda: None)
+  with pytest.raises(kernel.KernelUnavailableError, match="no C.. compiler found.*'xla'"):
+    kernel.build()
+  broken = tmp_path / "broken-c++"
+  broken.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo fake 1.0; exit 0; fi\n"
+                    "echo 'fatal: out of cheese' >&2\nexit 1\n")
+  broken.chmod(broken.stat().st_mode | stat.S_IEXEC)
+  with pytest.raises(kernel.KernelUnavailableError, match="(?s)failed.*out of cheese"):
+    kernel.build(str(broken))
+  assert not any(p.suffix == ".so" for p in tmp_path.iterdir())
+
+
+def test_resolving_the_setting(monkeypatch, caplog):
+  assert sampler_lib.resolve_decode_attention("auto", "cpu") is kernel.decode_attention
+  assert sampler_lib.resolve_decode_attention("kernel", "cpu") is kernel.decode_attention
+  assert sampler_lib.resolve_decode_attention("xla", "cpu") is None
+  assert sampler_lib.resolve_decode_attention("auto", "gpu") is None
+  with pytest.raises(ValueError, match="CPU kernel; the backend is 'tpu'"):
+    sampler_lib.resolve_decode_attention("kernel", "tpu")
+  with pytest.raises(ValueError, match="SamplerConfig.decode_attention='fast'; use one of"):
+    sampler_lib.resolve_decode_attention("fast", "cpu")
+  with pytest.raises(ValueError, match="sampling.decode_attention='fast'"):
+    check_decode_attention("fast")
+  # Without the kernel, "auto" falls back to XLA with a warning and "kernel" refuses.
+  monkeypatch.setattr(kernel, "unavailable_reason", lambda: "no compiler here")
+  with caplog.at_level(logging.WARNING, logger="memtrain"):
+    assert sampler_lib.resolve_decode_attention("auto", "cpu") is None
+  assert "no compiler here" in caplog.text
+  with pytest.raises(kernel.KernelUnavailableError, match="no compiler here"):
+    sampler_lib.resolve_decode_attention("kernel", "cpu")
+
