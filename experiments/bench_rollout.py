@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import multiprocessing
 import os
 import platform
@@ -114,11 +115,13 @@ def decode_gemm_seconds(config, params, batch: int, repeats: int) -> float:
   return seconds
 
 
-def decode_attention_seconds(config, batch: int, capacity: int, cache_dtype, repeats: int) -> float:
-  """Seconds of one decode step's attention alone: every layer's `cached_attention` of `batch`
-  single-token queries over a cache of `capacity` slots (all attended, as the decode step does),
-  one jitted program. Each layer's queries are the previous layer's output, so the layers run
-  one after another as in the step rather than side by side."""
+def decode_attention_seconds(config, batch: int, capacity: int, cache_dtype, repeats: int,
+                             kernel=None) -> float:
+  """Seconds of one decode step's attention alone: every layer's attention of `batch`
+  single-token queries over a cache of `capacity` slots, all attended, one jitted program:
+  XLA's `cached_attention`, or `kernel` (the sampler's decode-attention kernel) when given. Each
+  layer's queries are the previous layer's output, so the layers run one after another as in the
+  step rather than side by side."""
   from memtrain_jax.models import decoder
   rng = np.random.default_rng(0)
   kv, hd = config.num_kv_heads, config.head_dim
@@ -127,16 +130,21 @@ def decode_attention_seconds(config, batch: int, capacity: int, cache_dtype, rep
   v = [jax.numpy.asarray(rng.standard_normal((batch, kv, capacity, hd)), cache_dtype)
        for _ in range(config.num_layers)]
   q = jax.numpy.asarray(rng.standard_normal((batch, 1, config.num_heads, hd)), config.dtype)
-  mask = jax.numpy.ones((batch, 1, capacity), bool)
+  # Every slot is attended, but the mask comes from traced row starts as in the decode step:
+  # a constant mask would let XLA drop the masking from its program.
+  start, end = np.zeros((batch,), np.int32), np.int32(capacity)
 
   @jax.jit
-  def layers(q, k_t, v):
+  def layers(q, k_t, v, start, end):
+    slots = jax.numpy.arange(capacity)
+    mask = ((slots[None, :] >= start[:, None]) & (slots[None, :] < end))[:, None, :]
     for k_layer, v_layer in zip(k_t, v):
-      q = decoder.cached_attention(q, k_layer, v_layer, mask)
+      q = (decoder.cached_attention(q, k_layer, v_layer, mask) if kernel is None
+           else kernel(q[:, 0], k_layer, v_layer, start, end)[:, None])
     return q
 
-  jax.block_until_ready(layers(q, k_t, v))
-  seconds, _ = best_time(lambda: jax.block_until_ready(layers(q, k_t, v)), repeats)
+  jax.block_until_ready(layers(q, k_t, v, start, end))
+  seconds, _ = best_time(lambda: jax.block_until_ready(layers(q, k_t, v, start, end)), repeats)
   return seconds
 
 
@@ -150,6 +158,8 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
   sampler.generate(params, prompts, temperature=0.0)  # compile
   ours_total, out = best_time(lambda: sampler.generate(params, prompts, temperature=0.0), repeats)
   assert int(out.lengths.sum()) == batch * new_tokens
+  # The same decode program with XLA's attention instead of the sampler's kernel (when it has one).
+  xla_sampler = Sampler(no_eos, None, dataclasses.replace(sampler.config, decode_attention="xla"))
   # The two programs on their own.
   tokens = np.stack(prompts)
   start = np.zeros((batch,), np.int32)
@@ -157,7 +167,19 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
   cap = prompt_len + new_tokens
   # Wall clock, and the process's CPU time (all threads), which other jobs on the machine change
   # far less: a program that waits for a core is not charged for the wait.
-  t_prefill = t_decode = cpu_prefill = cpu_decode = float("inf")
+  t_prefill = t_decode = cpu_prefill = cpu_decode = t_decode_xla = float("inf")
+
+  def timed_xla_decode():
+    cache, logits, row_start = xla_sampler._prefill(params, tokens, start, src, capacity=cap)
+    t0 = time.perf_counter()
+    dec = xla_sampler._decode(params, cache, logits, row_start, np.ones((batch,), bool),
+                              np.int32(new_tokens), SamplingParams.create(0.0, 1.0, 0),
+                              np.int32(0), np.int32(0), xla_sampler.stop)
+    jax.block_until_ready(dec.tokens)
+    return time.perf_counter() - t0
+
+  if sampler.decode_attention is not None:
+    timed_xla_decode()  # compile
   for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
     cache, logits, row_start = sampler._prefill(params, tokens, start, src, capacity=cap)
@@ -172,6 +194,8 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
     t_decode = min(t_decode, time.perf_counter() - t0)
     cpu_decode = min(cpu_decode, time.process_time() - c0)
     del dec
+    if sampler.decode_attention is not None:
+      t_decode_xla = min(t_decode_xla, timed_xla_decode())
   # Decode feeds new_tokens - 1 tokens through the model (the first comes from prefill).
   decode_flops = sum(config.flops_per_token(prompt_len + i) for i in range(1, new_tokens)) * batch
   prefill_flops = sum(config.flops_per_token(i + 1) for i in range(prompt_len)) * batch
@@ -193,12 +217,16 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
              flop_ratio=flop_ratio, decode_gflops=decode_flops / t_decode / 1e9,
              prefill_gflops=prefill_flops / t_prefill / 1e9, load=os.getloadavg()[0],
              decode_step_ms=1e3 * t_decode / (new_tokens - 1),
+             decode_step_ms_xla=1e3 * t_decode_xla / (new_tokens - 1),
+             decode_attention="kernel" if sampler.decode_attention is not None else "xla",
              decode_mb_per_step=decode_bytes_per_step(config, params, batch, cap,
                                                       sampler.cache_dtype) / 1e6,
              cache_dtype=sampler.cache_dtype.name,
              gemm_ms=1e3 * decode_gemm_seconds(config, params, batch, 3),
-             attention_ms=1e3 * decode_attention_seconds(config, batch, cap, sampler.cache_dtype,
-                                                         3),
+             attention_ms=1e3 * decode_attention_seconds(
+                 config, batch, cap, sampler.cache_dtype, 3, kernel=sampler.decode_attention),
+             attention_ms_xla=1e3 * decode_attention_seconds(config, batch, cap,
+                                                             sampler.cache_dtype, 3),
              cpu_flop_ratio=(decode_flops / cpu_decode) / (prefill_flops / cpu_prefill))
   log(f"  batch {batch}: {res}")
   return res
@@ -435,8 +463,9 @@ def main():
         "| batch | prefill tok/s | prefill GFLOP/s | decode ms / step | decode GFLOP/s "
         "| decode / prefill | same, by CPU time | MB read / step | memory floor ms / step "
         "| matmuls alone ms / step | attention alone ms / step "
-        "| decode / prefill at the matmul floor | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| decode / prefill at the matmul floor | decode ms / step, XLA attention "
+        "| attention alone ms / step, XLA | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in vs:
       floor_ms = v["decode_mb_per_step"] / 1e3 / bandwidth * 1e3
       blocks["2"].append(
@@ -444,7 +473,8 @@ def main():
           f"{v['decode_step_ms']:.0f} | {v['decode_gflops']:.1f} | {100 * v['flop_ratio']:.0f}% | "
           f"{100 * v['cpu_flop_ratio']:.0f}% | {v['decode_mb_per_step']:.0f} | {floor_ms:.0f} | "
           f"{v['gemm_ms']:.0f} | {v['attention_ms']:.0f} | "
-          f"{100 * v['flop_ratio'] * v['decode_step_ms'] / v['gemm_ms']:.0f}% | {v['load']:.1f} |")
+          f"{100 * v['flop_ratio'] * v['decode_step_ms'] / v['gemm_ms']:.0f}% | "
+          f"{v['decode_step_ms_xla']:.0f} | {v['attention_ms_xla']:.0f} | {v['load']:.1f} |")
     blocks["2"] += [
         "", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
         f"over real context). Each program's time is the best of {args.repeats} runs, prefill and "
@@ -461,10 +491,15 @@ def main():
         "reach: the ceiling of decode / prefill with these matmul kernels. Where the matmuls "
         "alone take longer than the memory floor, the kernels' rate at `batch` rows (a fraction "
         "of their rate on prefill's thousands of rows), not memory traffic, bounds the step. "
-        "Attention alone: every layer's `cached_attention` over the full-capacity cache at "
-        "`batch` single-token queries, the layers chained as in the step, best of 3. Decode ms "
-        "minus matmuls alone minus attention alone is the rest of the step: the cache write, "
-        "norms, RoPE and choosing the token.", ""]
+        "Attention alone: every layer's attention over the full-capacity cache at `batch` "
+        "single-token queries, the layers chained as in the step, best of 3, through the "
+        f"sampler's decode attention ({vs[0]['decode_attention']}: `sampling.decode_attention`, "
+        "the multi-threaded CPU kernel `kernels.decode_attention` when it builds) and through "
+        "XLA's `cached_attention`. The decode step itself with XLA's attention is measured in "
+        "the same loop (XLA attention column). Decode ms minus matmuls alone minus attention "
+        "alone is the rest of the step: the cache write, norms, RoPE and choosing the token. The "
+        "kernel reads only the attended slots (the step's decode attends on average to the "
+        "prompt and half the new tokens), XLA's attention the whole capacity.", ""]
   if "3" in sections:
     log("(3) memory agent time per chunk")
     chunk_counts = (1, 2) if quick else (2, 4, 8, 16)

@@ -9,8 +9,8 @@ reads only each row's attended slots. SmolLM2-135M, batch 32, 256 slots, 30 laye
 The kernel is C++ compiled on first use with the host's compiler (`$CXX`, else `g++`/`c++`/
 `clang++`) for the host CPU, and cached under `$MEMTRAIN_JAX_KERNEL_CACHE` (default
 `~/.cache/memtrain_jax/kernels`), keyed by the source, jaxlib's version, the compiler and the CPU.
-Without a working compiler `load()` reports why, and the sampler's "auto" setting falls back to
-the XLA attention (`models.decoder.cached_attention`), which gives the same result.
+Without a working compiler `unavailable_reason()` says why, and the sampler's "auto" setting
+falls back to XLA's attention (`models.decoder.cached_attention`), which gives the same result.
 """
 
 from __future__ import annotations
@@ -104,27 +104,27 @@ def build(compiler: str | None = None) -> pathlib.Path:
 
 
 @functools.cache
-def load() -> None:
-  """Builds the kernel if needed and registers it with XLA (once per process).
-
-  Raises KernelUnavailableError (also on later calls) when it cannot.
-  """
+def unavailable_reason() -> str | None:
+  """Builds the kernel if needed and registers it with XLA, once per process (a failure is
+  remembered too, not retried); None on success, else why the kernel is unavailable."""
   import ctypes
-  library = build()
+  try:
+    library = build()
+  except KernelUnavailableError as e:
+    return str(e)
   try:
     handler = getattr(ctypes.cdll.LoadLibrary(str(library)), _SYMBOL)
   except (OSError, AttributeError) as e:
-    raise KernelUnavailableError(f"loading {library} failed: {e}; delete it to rebuild") from e
+    return f"loading {library} failed: {e}; delete it to rebuild"
   jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(handler), platform="cpu")
-
-
-def unavailable_reason() -> str | None:
-  """None when the kernel is built and registered, else why it is not."""
-  try:
-    load()
-  except KernelUnavailableError as e:
-    return str(e)
   return None
+
+
+def load() -> None:
+  """Makes the kernel callable; raises KernelUnavailableError saying why it cannot."""
+  reason = unavailable_reason()
+  if reason is not None:
+    raise KernelUnavailableError(reason)
 
 
 def decode_attention(q: jax.Array, k_t: jax.Array, v: jax.Array, start: jax.Array,

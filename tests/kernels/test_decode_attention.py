@@ -189,3 +189,23 @@ def test_resolving_the_setting(monkeypatch, caplog):
   with pytest.raises(kernel.KernelUnavailableError, match="no compiler here"):
     sampler_lib.resolve_decode_attention("kernel", "cpu")
 
+
+
+def test_a_failed_build_is_remembered_not_retried(monkeypatch):
+  calls = []
+
+  def failing_build():
+    calls.append(1)
+    raise kernel.KernelUnavailableError("boom")
+
+  monkeypatch.setattr(kernel, "build", failing_build)
+  kernel.unavailable_reason.cache_clear()
+  try:
+    assert kernel.unavailable_reason() == "boom" and kernel.unavailable_reason() == "boom"
+    with pytest.raises(kernel.KernelUnavailableError, match="boom"):
+      kernel.load()
+    assert len(calls) == 1
+  finally:
+    kernel.unavailable_reason.cache_clear()
+    monkeypatch.undo()
+  assert kernel.unavailable_reason() is None  # registering again after a success is harmless
