@@ -90,10 +90,12 @@ def test_matches_the_xla_attention_it_replaces(q_dtype, cache_dtype):
     assert np.mean(got == xla) >= 0.99
 
 
-def test_decode_steps_of_the_decoder_match_xla_attention():
-  """`forward_with_cache` with the kernel, step by step in one jitted loop, against XLA's."""
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_decode_steps_of_the_decoder_match_xla_attention(scan_layers):
+  """`forward_with_cache` with the kernel, step by step in one jitted loop, against XLA's; the
+  layers unrolled or under `lax.scan` (a stacked cache)."""
   from tests.rollout_fixtures import tiny_config, tiny_params
-  config = tiny_config(num_heads=6, num_kv_heads=2, head_dim=16)
+  config = tiny_config(num_heads=6, num_kv_heads=2, head_dim=16, scan_layers=scan_layers)
   params = tiny_params(config)
   rng = np.random.default_rng(0)
   prompt_len, steps = 12, 5
