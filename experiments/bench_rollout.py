@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import functools
 import multiprocessing
 import os
 import platform
@@ -37,7 +38,7 @@ from memtrain_jax.agent.memory_agent import (AgentConfig, AgentDocument, run_mem
                                              run_memory_recall)
 from memtrain_jax.sampling import CompileCounter, Sampler, SamplerConfig
 from memtrain_jax.sampling.logits import SamplingParams
-from memtrain_jax.sampling.sampler import resolve_cache_dtype
+from memtrain_jax.sampling.sampler import resolve_cache_dtype, resolve_decode_attention
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "rollout.md")
 
@@ -119,32 +120,42 @@ def decode_attention_seconds(config, batch: int, capacity: int, cache_dtype, rep
                              kernel=None) -> float:
   """Seconds of one decode step's attention alone: every layer's attention of `batch`
   single-token queries over a cache of `capacity` slots, all attended, one jitted program:
-  XLA's `cached_attention`, or `kernel` (the sampler's decode-attention kernel) when given. Each
-  layer's queries are the previous layer's output, so the layers run one after another as in the
-  step rather than side by side."""
+  XLA's `cached_attention`, or `kernel` (the sampler's decode-attention kernel, which also writes
+  the token's K/V into the last slot, in place) when given. Each layer's queries are the previous
+  layer's output, so the layers run one after another as in the step rather than side by side."""
   from memtrain_jax.models import decoder
   rng = np.random.default_rng(0)
   kv, hd = config.num_kv_heads, config.head_dim
-  k_t = [jax.numpy.asarray(rng.standard_normal((batch, kv, hd, capacity)), cache_dtype)
-         for _ in range(config.num_layers)]
-  v = [jax.numpy.asarray(rng.standard_normal((batch, kv, capacity, hd)), cache_dtype)
-       for _ in range(config.num_layers)]
-  q = jax.numpy.asarray(rng.standard_normal((batch, 1, config.num_heads, hd)), config.dtype)
+  normal = lambda shape, dtype: jax.numpy.asarray(rng.standard_normal(shape), dtype)
+  caches = [[normal((batch, kv, hd, capacity), cache_dtype) for _ in range(config.num_layers)],
+            [normal((batch, kv, capacity, hd), cache_dtype) for _ in range(config.num_layers)]]
+  q = normal((batch, 1, config.num_heads, hd), config.dtype)
+  new_kv = normal((batch, kv, hd), config.dtype)
   # Every slot is attended, but the mask comes from traced row starts as in the decode step:
   # a constant mask would let XLA drop the masking from its program.
   start, end = np.zeros((batch,), np.int32), np.int32(capacity)
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(1, 2))  # the kernel updates the caches in place
   def layers(q, k_t, v, start, end):
     slots = jax.numpy.arange(capacity)
     mask = ((slots[None, :] >= start[:, None]) & (slots[None, :] < end))[:, None, :]
+    k_out, v_out = [], []
     for k_layer, v_layer in zip(k_t, v):
-      q = (decoder.cached_attention(q, k_layer, v_layer, mask) if kernel is None
-           else kernel(q[:, 0], k_layer, v_layer, start, end)[:, None])
-    return q
+      if kernel is None:
+        q = decoder.cached_attention(q, k_layer, v_layer, mask)
+      else:
+        out, k_layer, v_layer = kernel(q[:, 0], new_kv, new_kv, k_layer, v_layer, start, end - 1)
+        q = out[:, None]
+      k_out.append(k_layer)
+      v_out.append(v_layer)
+    return q, k_out, v_out
 
-  jax.block_until_ready(layers(q, k_t, v, start, end))
-  seconds, _ = best_time(lambda: jax.block_until_ready(layers(q, k_t, v, start, end)), repeats)
+  def run():
+    out, caches[0], caches[1] = layers(q, *caches, start, end)
+    jax.block_until_ready(out)
+
+  run()
+  seconds, _ = best_time(run, repeats)
   return seconds
 
 
@@ -226,7 +237,8 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
              attention_ms=1e3 * decode_attention_seconds(
                  config, batch, cap, sampler.cache_dtype, 3, kernel=sampler.decode_attention),
              attention_ms_xla=1e3 * decode_attention_seconds(config, batch, cap,
-                                                             sampler.cache_dtype, 3),
+                                                             xla_sampler.cache_dtype, 3),
+             xla_cache_dtype=xla_sampler.cache_dtype.name,
              cpu_flop_ratio=(decode_flops / cpu_decode) / (prefill_flops / cpu_prefill))
   log(f"  batch {batch}: {res}")
   return res
@@ -494,12 +506,14 @@ def main():
         "Attention alone: every layer's attention over the full-capacity cache at `batch` "
         "single-token queries, the layers chained as in the step, best of 3, through the "
         f"sampler's decode attention ({vs[0]['decode_attention']}: `sampling.decode_attention`, "
-        "the multi-threaded CPU kernel `kernels.decode_attention` when it builds) and through "
-        "XLA's `cached_attention`. The decode step itself with XLA's attention is measured in "
-        "the same loop (XLA attention column). Decode ms minus matmuls alone minus attention "
-        "alone is the rest of the step: the cache write, norms, RoPE and choosing the token. The "
-        "kernel reads only the attended slots (the step's decode attends on average to the "
-        "prompt and half the new tokens), XLA's attention the whole capacity.", ""]
+        "the multi-threaded CPU kernel `kernels.decode_attention` when it builds, which also "
+        "writes the token's K/V into the cache) and through XLA's `cached_attention` (its cache "
+        f"in {vs[0]['xla_cache_dtype']}, the sampler's default without the kernel). The decode "
+        "step itself with XLA's attention and that cache is measured in the same loop (XLA "
+        "attention column). Decode ms minus matmuls alone minus attention alone is the rest of "
+        "the step: the cache write (XLA's), norms, RoPE and choosing the token. The kernel reads "
+        "only the attended slots (the step's decode attends on average to the prompt and half "
+        "the new tokens), XLA's attention the whole capacity.", ""]
   if "3" in sections:
     log("(3) memory agent time per chunk")
     chunk_counts = (1, 2) if quick else (2, 4, 8, 16)
@@ -559,7 +573,10 @@ def main():
       text = merge_sections(f.read(), note, blocks,
                             [f"--- re-run of sections {','.join(sections)} ---", *lines])
   else:
-    default_cache = resolve_cache_dtype("auto", config, jax.default_backend())
+    backend = jax.default_backend()
+    default_cache = resolve_cache_dtype(
+        "auto", config, backend,
+        kernel_writes=resolve_decode_attention("auto", backend) is not None)
     md = [
         f"# Rollout benchmark{' (--quick smoke run)' if quick else ''}",
         "",

@@ -99,8 +99,9 @@ def base_config() -> ConfigDict:
   # with powers of two only, and no more sampler programs (7).
   cfg.sampling.prompt_buckets = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
   cfg.sampling.batch_buckets = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-  # KV cache dtype: "auto" = the compute dtype, but f32 for 16-bit compute on CPU (XLA:CPU writes
-  # a bf16 cache out of place); or "float32" / "bfloat16".
+  # KV cache dtype: "auto" = the compute dtype, but f32 for 16-bit compute on CPU when XLA's
+  # attention is used (XLA:CPU writes a bf16 cache out of place; the CPU decode-attention kernel
+  # writes it in place); or "float32" / "bfloat16".
   cfg.sampling.cache_dtype = "auto"
   # One decode step's cost in prompt tokens of prefill, for planning micro-batches: a few shorter
   # prompts are padded into a micro-batch of longer ones when that is cheaper than a decode loop of

@@ -57,8 +57,9 @@ def eval_config() -> ConfigDict:
   # dropped and the smallest one holding it is kept (or that length itself is added).
   cfg.sampling.prompt_buckets = (256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
   cfg.sampling.batch_buckets = (1, 2, 4, 8, 16, 32, 64)
-  # KV cache dtype: "auto" = the compute dtype, but f32 for 16-bit compute on CPU (XLA:CPU writes
-  # a bf16 cache out of place); or "float32" / "bfloat16".
+  # KV cache dtype: "auto" = the compute dtype, but f32 for 16-bit compute on CPU when XLA's
+  # attention is used (XLA:CPU writes a bf16 cache out of place; the CPU decode-attention kernel
+  # writes it in place); or "float32" / "bfloat16".
   cfg.sampling.cache_dtype = "auto"
   cfg.sampling.decode_step_tokens = 64  # as in training (config_lib.base_config)
   cfg.sampling.decode_attention = "auto"  # as in training: the CPU kernel when it builds

@@ -128,28 +128,40 @@ def load() -> None:
     raise KernelUnavailableError(reason)
 
 
-def decode_attention(q: jax.Array, k_t: jax.Array, v: jax.Array, start: jax.Array,
-                     end: jax.Array) -> jax.Array:
-  """Single-token attention against the KV cache, on the CPU backend.
+def decode_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, k_t: jax.Array,
+                     v: jax.Array, start: jax.Array, slot: jax.Array):
+  """One decode step's attention on the CPU backend: writes the token's K/V, then attends.
 
   Args:
     q: [B, H, D] float32 or bfloat16, RoPE applied; H a multiple of the KV heads K.
+    k_new, v_new: [B, K, D] in q's dtype, the token's K (RoPE applied) and V.
     k_t: [B, K, D, S] (the cache's K, transposed); v: [B, K, S, D]; both float32 or bfloat16.
     start: int32 [B], the first attended slot of each row.
-    end: int32 scalar; slots [start[b], end) are attended.
+    slot: int32 scalar, the slot the token's K/V go to; slots [start[b], slot] are attended.
 
   Returns:
-    [B, H, D] in q's dtype: `models.decoder.cached_attention` of q against those slots, computed
-    with float32 scores and sums (a row with no attended slot gets zeros).
+    (out [B, H, D] in q's dtype, k_t, v): the caches with the token written at `slot` (rounded to
+    their dtype; in place when their buffers can be donated), and `models.decoder.cached_attention`
+    of q against those slots, computed with float32 scores and sums (zeros for a row with no
+    attended slot).
   """
   load()
   b, h, d = q.shape
-  if k_t.ndim != 4 or v.shape != (b, k_t.shape[1], k_t.shape[3], d) or k_t.shape[:3] != (
-      b, k_t.shape[1], d) or h % k_t.shape[1]:
-    raise ValueError(f"decode_attention wants q [B, H, D], k_t [B, K, D, S], v [B, K, S, D] with "
-                     f"K dividing H; got q {q.shape}, k_t {k_t.shape}, v {v.shape}")
-  if q.dtype not in _SUPPORTED_DTYPES or k_t.dtype not in _SUPPORTED_DTYPES or v.dtype != k_t.dtype:
-    raise ValueError(f"decode_attention supports float32 and bfloat16 (k_t and v of one dtype); "
-                     f"got q {q.dtype}, k_t {k_t.dtype}, v {v.dtype}")
-  call = jax.ffi.ffi_call(TARGET_NAME, jax.ShapeDtypeStruct(q.shape, q.dtype))
-  return call(q, k_t, v, jnp.asarray(start, jnp.int32).reshape(b), jnp.asarray(end, jnp.int32))
+  kv_heads = k_t.shape[1] if k_t.ndim == 4 else -1
+  if (k_t.shape != (b, kv_heads, d, k_t.shape[-1]) or v.shape != (b, kv_heads, k_t.shape[-1], d)
+      or k_new.shape != (b, kv_heads, d) or v_new.shape != k_new.shape or h % kv_heads):
+    raise ValueError(f"decode_attention wants q [B, H, D], k_new and v_new [B, K, D], k_t "
+                     f"[B, K, D, S], v [B, K, S, D] with K dividing H; got q {q.shape}, k_new "
+                     f"{k_new.shape}, v_new {v_new.shape}, k_t {k_t.shape}, v {v.shape}")
+  if (q.dtype not in _SUPPORTED_DTYPES or k_t.dtype not in _SUPPORTED_DTYPES
+      or v.dtype != k_t.dtype or k_new.dtype != q.dtype or v_new.dtype != q.dtype):
+    raise ValueError(f"decode_attention supports float32 and bfloat16: q, k_new, v_new of one "
+                     f"dtype, k_t and v of one; got q {q.dtype}, k_new {k_new.dtype}, v_new "
+                     f"{v_new.dtype}, k_t {k_t.dtype}, v {v.dtype}")
+  call = jax.ffi.ffi_call(
+      TARGET_NAME, (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct(k_t.shape,
+                                                                                  k_t.dtype),
+                    jax.ShapeDtypeStruct(v.shape, v.dtype)),
+      input_output_aliases={3: 1, 4: 2})
+  return call(q, k_new, v_new, k_t, v, jnp.asarray(start, jnp.int32).reshape(b),
+              jnp.asarray(slot, jnp.int32))

@@ -1,21 +1,26 @@
-// Decode attention on the CPU: one query token per row against the KV cache, on XLA's thread pool.
+// Decode attention on the CPU: one query token per row writes its K/V into the cache and attends
+// to it, on XLA's thread pool.
 //
 // XLA:CPU runs the batched score and value dots of decode attention on one thread, over the
-// whole cache capacity, with the scores materialised between them. This kernel splits the
-// (row, KV head) pairs over the intra-op thread pool and reads only each row's attended slots,
-// [start[b], end): the left padding before a prompt and the empty slots after the newest token
+// whole cache capacity, with the scores materialised between them, and its write of one K column
+// into the transposed K cache strides over every row of it. This kernel splits the (row, KV head)
+// pairs over the intra-op thread pool; each pair writes its new K/V column in place (the cache
+// buffers are aliased to the outputs) and reads only the row's attended slots,
+// [start[b], slot]: the left padding before a prompt and the empty slots after the newest token
 // are skipped. Scores, softmax and the value sum stay in L1-sized blocks.
 //
 // Layouts are the sampler's cache (`memtrain_jax.models.decoder.init_cache`):
-//   q    [B, H, D]     float32 or bfloat16, H = K * G (query heads grouped per KV head)
-//   k_t  [B, K, D, S]  float32 or bfloat16 (K transposed)
-//   v    [B, K, S, D]  the cache's dtype
-//   start [B] int32, end [] int32    attended slots of row b: [start[b], end)
-//   out  [B, H, D]     q's dtype
-// Numerics follow `decoder.cached_attention`: float32 scores of q * D^-1/2 against K, the
-// softmax's unnormalised probabilities rounded to q's dtype before the value sum, the sum divided
-// by the (unrounded) normaliser, the result rounded to q's dtype. A row with no attended slot
-// gets zeros.
+//   q      [B, H, D]     float32 or bfloat16, H = K * G (query heads grouped per KV head)
+//   k_new, v_new [B, K, D]  the token's K and V, q's dtype
+//   k_t    [B, K, D, S]  float32 or bfloat16 (K transposed), updated in place
+//   v      [B, K, S, D]  the cache's dtype, updated in place
+//   start [B] int32, slot [] int32    write slot; attended slots of row b: [start[b], slot]
+//   out    [B, H, D]     q's dtype
+// The new K/V are rounded to the cache's dtype (to nearest even) as `astype` would. Attention
+// follows `decoder.cached_attention`: float32 scores of q * D^-1/2 against K, the softmax's
+// unnormalised probabilities rounded to q's dtype before the value sum, the sum divided by the
+// (unrounded) normaliser, the result rounded to q's dtype. A row with no attended slot gets
+// zeros.
 
 #include <algorithm>
 #include <atomic>
@@ -54,6 +59,12 @@ inline bf16_bits NarrowBits(float f) {
 
 inline void Store(float* out, int64_t i, float x) { out[i] = x; }
 inline void Store(bf16_bits* out, int64_t i, float x) { out[i] = NarrowBits(x); }
+
+// x as the cache of element type CT holds it.
+template <typename CT>
+inline float AsStored(float x) {
+  return sizeof(CT) == 2 ? Widen(NarrowBits(x)) : x;
+}
 
 // exp(x) for x <= 0 (a score minus its row's maximum), written with plain float arithmetic so
 // that the compiler vectorises the loops around it: Cody-Waite reduction by ln 2 and a degree-6
@@ -121,14 +132,18 @@ struct Dims {
   int64_t group() const { return heads / kv_heads; }
 };
 
-// One (row, KV head) pair: its G query heads against slots [lo, lo + len). kD is the head dim
-// when known at compile time (the accumulators then live in registers), 0 otherwise.
+// One (row, KV head) pair: its G query heads against the cached slots [lo, lo + cached), then,
+// when k_self is given, one more slot whose K and V (head_dim floats each) are k_self and v_self.
+// kD is the head dim when known at compile time (the accumulators then live in registers), 0
+// otherwise.
 template <int kD, typename QT, typename CT>
 void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& dims, int64_t lo,
-                 int64_t len, std::vector<float>& scratch) {
+                 int64_t cached, const float* k_self, const float* v_self,
+                 std::vector<float>& scratch) {
   const int64_t group = dims.group();
   const int64_t head_dim = kD > 0 ? kD : dims.head_dim;
   const int64_t slots = dims.slots;
+  const int64_t len = cached + (k_self != nullptr ? 1 : 0);
   if (len <= 0) {
     for (int64_t i = 0; i < group * head_dim; ++i) Store(out, i, 0.0f);
     return;
@@ -142,8 +157,8 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
   for (int64_t i = 0; i < group * head_dim; ++i) q_scaled[i] = Widen(q[i]) * scale;
 
   // Scores: for each block of slots, every head's dot with the K rows [D, block].
-  for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
-    const int64_t n = std::min(kBlock, len - j0);
+  for (int64_t j0 = 0; j0 < cached; j0 += kBlock) {
+    const int64_t n = std::min(kBlock, cached - j0);
     const CT* k_block = k_t + lo + j0;
     for (int64_t g = 0; g < group; ++g) {
       const float* qg = q_scaled + g * head_dim;
@@ -166,6 +181,13 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
       std::memcpy(scores + g * len + j0, block, n * sizeof(float));
     }
   }
+  if (k_self != nullptr) {
+    for (int64_t g = 0; g < group; ++g) {
+      float dot = 0.0f;
+      for (int64_t d = 0; d < head_dim; ++d) dot += q_scaled[g * head_dim + d] * k_self[d];
+      scores[g * len + cached] = dot;
+    }
+  }
 
   // Softmax numerators, and their sum before any rounding (as `cached_attention`).
   constexpr bool kRoundProbs = sizeof(QT) == 2;
@@ -180,8 +202,8 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
 
   // Values: for each block of slots, every head's weighted sum of the V rows [block, D].
   for (int64_t i = 0; i < group * head_dim; ++i) acc[i] = 0.0f;
-  for (int64_t j0 = 0; j0 < len; j0 += kBlock) {
-    const int64_t n = std::min(kBlock, len - j0);
+  for (int64_t j0 = 0; j0 < cached; j0 += kBlock) {
+    const int64_t n = std::min(kBlock, cached - j0);
     const CT* v_block = v + (lo + j0) * head_dim;
     for (int64_t g = 0; g < group; ++g) {
       const float* p = scores + g * len + j0;
@@ -204,6 +226,12 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
       }
     }
   }
+  if (v_self != nullptr) {
+    for (int64_t g = 0; g < group; ++g) {
+      const float p = scores[g * len + cached];
+      for (int64_t d = 0; d < head_dim; ++d) acc[g * head_dim + d] += p * v_self[d];
+    }
+  }
   for (int64_t g = 0; g < group; ++g) {
     for (int64_t d = 0; d < head_dim; ++d) {
       Store(out, g * head_dim + d, acc[g * head_dim + d] / norm[g]);
@@ -211,17 +239,60 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
   }
 }
 
+// The pointers of one decode-attention call.
+template <typename QT, typename CT>
+struct Operands {
+  const QT* q;
+  const QT* k_new;
+  const QT* v_new;
+  CT* k_t;
+  CT* v;
+  const int32_t* start;
+  int32_t slot;
+  QT* out;
+};
+
+// Per-thread buffers: attention's scores and sums, and the new slot's K and V as stored.
+struct Scratch {
+  std::vector<float> attention;
+  std::vector<float> self;
+};
+
 template <int kD, typename QT, typename CT>
-void AttendPair(const QT* q, const CT* k_t, const CT* v, const int32_t* start, int32_t end,
-                QT* out, const Dims& dims, int64_t pair, std::vector<float>& scratch) {
+void AttendPair(const Operands<QT, CT>& x, const Dims& dims, int64_t pair, Scratch& scratch) {
   const int64_t b = pair / dims.kv_heads, k = pair % dims.kv_heads;
   const int64_t group = dims.group(), head_dim = dims.head_dim, slots = dims.slots;
-  const int64_t lo = std::clamp<int64_t>(start[b], 0, slots);
-  const int64_t hi = std::clamp<int64_t>(end, 0, slots);
   const int64_t heads_offset = (b * dims.heads + k * group) * head_dim;
   const int64_t cache_offset = (b * dims.kv_heads + k) * head_dim * slots;
-  AttendGroup<kD>(q + heads_offset, k_t + cache_offset, v + cache_offset, out + heads_offset, dims,
-                  lo, hi - lo, scratch);
+  CT* k_t = x.k_t + cache_offset;
+  CT* v = x.v + cache_offset;
+  const QT* k_new = x.k_new + pair * head_dim;
+  const QT* v_new = x.v_new + pair * head_dim;
+  const int64_t lo = std::clamp<int64_t>(x.start[b], 0, slots);
+  const bool writes = x.slot >= 0 && x.slot < slots;
+  // The new slot is attended from k_new / v_new (as the cache will hold them) and written only
+  // afterwards: by then the lines of the K column were read with the last block of slots, so the
+  // strided write hits the cache instead of waiting on memory line by line.
+  const float* k_self = nullptr;
+  const float* v_self = nullptr;
+  int64_t cached = std::clamp<int64_t>(static_cast<int64_t>(x.slot) + 1, 0, slots) - lo;
+  if (writes && lo <= x.slot) {
+    scratch.self.resize(2 * head_dim);
+    float* self = scratch.self.data();
+    for (int64_t d = 0; d < head_dim; ++d) {
+      self[d] = AsStored<CT>(Widen(k_new[d]));
+      self[head_dim + d] = AsStored<CT>(Widen(v_new[d]));
+    }
+    k_self = self;
+    v_self = self + head_dim;
+    cached -= 1;
+  }
+  AttendGroup<kD>(x.q + heads_offset, static_cast<const CT*>(k_t), static_cast<const CT*>(v),
+                  x.out + heads_offset, dims, lo, cached, k_self, v_self, scratch.attention);
+  if (writes) {
+    for (int64_t d = 0; d < head_dim; ++d) Store(k_t, d * slots + x.slot, Widen(k_new[d]));
+    for (int64_t d = 0; d < head_dim; ++d) Store(v, x.slot * head_dim + d, Widen(v_new[d]));
+  }
 }
 
 // Work shared by the calling thread and the pool's: (row, KV head) pairs handed out one at a
@@ -234,14 +305,13 @@ struct Progress {
 };
 
 template <int kD, typename QT, typename CT>
-void Attend(ffi::ThreadPool& pool, const QT* q, const CT* k_t, const CT* v, const int32_t* start,
-            int32_t end, QT* out, Dims dims) {
+void Attend(ffi::ThreadPool& pool, const Operands<QT, CT>& operands, const Dims& dims) {
   const int64_t pairs = dims.batch * dims.kv_heads;
   auto progress = std::make_shared<Progress>();
-  auto work = [=](Progress& state) {
-    std::vector<float> scratch;
+  auto work = [x = operands, dims, pairs](Progress& state) {
+    Scratch scratch;
     for (int64_t pair; (pair = state.next.fetch_add(1)) < pairs;) {
-      AttendPair<kD>(q, k_t, v, start, end, out, dims, pair, scratch);
+      AttendPair<kD>(x, dims, pair, scratch);
       state.finished.fetch_add(1, std::memory_order_release);
     }
   };
@@ -252,13 +322,15 @@ void Attend(ffi::ThreadPool& pool, const QT* q, const CT* k_t, const CT* v, cons
 }
 
 template <typename QT, typename CT>
-void DispatchHeadDim(ffi::ThreadPool& pool, const void* q, const void* k_t, const void* v,
-                     const int32_t* start, int32_t end, void* out, const Dims& dims) {
-  auto run = [&](auto head_dim) {
-    Attend<decltype(head_dim)::value>(pool, static_cast<const QT*>(q), static_cast<const CT*>(k_t),
-                                      static_cast<const CT*>(v), start, end,
-                                      static_cast<QT*>(out), dims);
-  };
+void DispatchHeadDim(ffi::ThreadPool& pool, ffi::AnyBuffer q, ffi::AnyBuffer k_new,
+                     ffi::AnyBuffer v_new, const int32_t* start, int32_t slot,
+                     ffi::AnyBuffer* out, ffi::AnyBuffer* k_t, ffi::AnyBuffer* v,
+                     const Dims& dims) {
+  const Operands<QT, CT> operands{
+      static_cast<const QT*>(q.untyped_data()), static_cast<const QT*>(k_new.untyped_data()),
+      static_cast<const QT*>(v_new.untyped_data()), static_cast<CT*>(k_t->untyped_data()),
+      static_cast<CT*>(v->untyped_data()), start, slot, static_cast<QT*>(out->untyped_data())};
+  auto run = [&](auto head_dim) { Attend<decltype(head_dim)::value>(pool, operands, dims); };
   switch (dims.head_dim) {
     case 64: return run(std::integral_constant<int, 64>());
     case 128: return run(std::integral_constant<int, 128>());
@@ -270,36 +342,50 @@ ffi::Error Invalid(const std::string& message) {
   return ffi::Error(ffi::ErrorCode::kInvalidArgument, "memtrain decode attention: " + message);
 }
 
-ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k_t,
-                               ffi::AnyBuffer v, ffi::Buffer<ffi::S32> start,
-                               ffi::Buffer<ffi::S32> end, ffi::Result<ffi::AnyBuffer> out) {
-  const auto qd = q.dimensions(), kd = k_t.dimensions(), vd = v.dimensions();
-  if (qd.size() != 3 || kd.size() != 4 || vd.size() != 4) {
-    return Invalid("expected q [B, H, D], k_t [B, K, D, S], v [B, K, S, D]");
+// k_t_in and v_in are aliased to the k_t and v results: the kernel reads and writes the cache
+// through the results (XLA copies an operand into its result first if it cannot donate it).
+ffi::Error DecodeAttentionImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k_new,
+                               ffi::AnyBuffer v_new, ffi::AnyBuffer k_t_in, ffi::AnyBuffer v_in,
+                               ffi::Buffer<ffi::S32> start, ffi::Buffer<ffi::S32> slot,
+                               ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> k_t,
+                               ffi::Result<ffi::AnyBuffer> v) {
+  const auto qd = q.dimensions(), kd = k_t->dimensions(), vd = v->dimensions();
+  const auto nd = k_new.dimensions(), vnd = v_new.dimensions();
+  if (qd.size() != 3 || kd.size() != 4 || vd.size() != 4 || nd.size() != 3 || vnd.size() != 3) {
+    return Invalid("expected q [B, H, D], k_new and v_new [B, K, D], k_t [B, K, D, S], "
+                   "v [B, K, S, D]");
   }
   const Dims dims{qd[0], qd[1], kd[1], qd[2], kd[3]};
   if (dims.kv_heads <= 0 || dims.heads % dims.kv_heads != 0 || kd[0] != dims.batch ||
       kd[2] != dims.head_dim || vd[0] != dims.batch || vd[1] != dims.kv_heads ||
-      vd[2] != dims.slots || vd[3] != dims.head_dim ||
-      start.element_count() != static_cast<size_t>(dims.batch)) {
-    return Invalid("inconsistent shapes of q, k_t, v, start");
+      vd[2] != dims.slots || vd[3] != dims.head_dim || nd[0] != dims.batch ||
+      nd[1] != dims.kv_heads || nd[2] != dims.head_dim || vnd[0] != nd[0] || vnd[1] != nd[1] ||
+      vnd[2] != nd[2] || start.element_count() != static_cast<size_t>(dims.batch) ||
+      k_t_in.untyped_data() != k_t->untyped_data() || v_in.untyped_data() != v->untyped_data()) {
+    return Invalid("inconsistent shapes of q, k_new, v_new, k_t, v, start, or a cache not "
+                   "aliased to its result");
   }
-  const ffi::DataType q_type = q.element_type(), cache_type = k_t.element_type();
+  const ffi::DataType q_type = q.element_type(), cache_type = k_t->element_type();
   const auto supported = [](ffi::DataType t) { return t == ffi::F32 || t == ffi::BF16; };
-  if (!supported(q_type) || !supported(cache_type) || v.element_type() != cache_type ||
+  if (!supported(q_type) || !supported(cache_type) || v->element_type() != cache_type ||
+      k_new.element_type() != q_type || v_new.element_type() != q_type ||
       out->element_type() != q_type) {
-    return Invalid("q and the cache must be float32 or bfloat16, k_t and v of one dtype");
+    return Invalid("q, k_new, v_new must share a dtype and the cache k_t, v another, each "
+                   "float32 or bfloat16");
   }
   const int32_t* starts = start.typed_data();
-  const int32_t end_slot = end.typed_data()[0];
-  const void *qp = q.untyped_data(), *kp = k_t.untyped_data(), *vp = v.untyped_data();
-  void* op = out->untyped_data();
+  const int32_t write_slot = slot.typed_data()[0];
+  ffi::AnyBuffer *o = &*out, *kc = &*k_t, *vc = &*v;
   const bool q16 = q_type == ffi::BF16, c16 = cache_type == ffi::BF16;
-  if (!q16 && !c16) DispatchHeadDim<float, float>(pool, qp, kp, vp, starts, end_slot, op, dims);
-  if (q16 && !c16) DispatchHeadDim<bf16_bits, float>(pool, qp, kp, vp, starts, end_slot, op, dims);
-  if (!q16 && c16) DispatchHeadDim<float, bf16_bits>(pool, qp, kp, vp, starts, end_slot, op, dims);
-  if (q16 && c16) {
-    DispatchHeadDim<bf16_bits, bf16_bits>(pool, qp, kp, vp, starts, end_slot, op, dims);
+  if (!q16 && !c16) {
+    DispatchHeadDim<float, float>(pool, q, k_new, v_new, starts, write_slot, o, kc, vc, dims);
+  } else if (q16 && !c16) {
+    DispatchHeadDim<bf16_bits, float>(pool, q, k_new, v_new, starts, write_slot, o, kc, vc, dims);
+  } else if (!q16 && c16) {
+    DispatchHeadDim<float, bf16_bits>(pool, q, k_new, v_new, starts, write_slot, o, kc, vc, dims);
+  } else {
+    DispatchHeadDim<bf16_bits, bf16_bits>(pool, q, k_new, v_new, starts, write_slot, o, kc, vc,
+                                          dims);
   }
   return ffi::Error::Success();
 }
@@ -310,8 +396,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MemtrainDecodeAttention, DecodeAttentionImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()  // q
-                                  .Arg<ffi::AnyBuffer>()  // k_t
-                                  .Arg<ffi::AnyBuffer>()  // v
+                                  .Arg<ffi::AnyBuffer>()  // k_new
+                                  .Arg<ffi::AnyBuffer>()  // v_new
+                                  .Arg<ffi::AnyBuffer>()  // k_t (aliased to the k_t result)
+                                  .Arg<ffi::AnyBuffer>()  // v (aliased to the v result)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // start
-                                  .Arg<ffi::Buffer<ffi::S32>>()  // end
-                                  .Ret<ffi::AnyBuffer>());  // out
+                                  .Arg<ffi::Buffer<ffi::S32>>()  // slot
+                                  .Ret<ffi::AnyBuffer>()  // out
+                                  .Ret<ffi::AnyBuffer>()  // k_t
+                                  .Ret<ffi::AnyBuffer>());  // v

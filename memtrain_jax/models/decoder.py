@@ -302,8 +302,8 @@ def _cache_write(cache: jax.Array, update: jax.Array, index: tuple) -> jax.Array
   a bf16 dynamic-update-slice to f32, re-reading and re-writing the whole cache in f32 per layer
   and step (bf16 decode at batch 32: 140 -> 112 ms per step through the bits). Even so the write
   is not in place (its fusion ends in a bitcast-convert), which is why the sampler keeps an f32
-  cache on CPU by default (`sampling.sampler.resolve_cache_dtype`). Other backends write 16-bit
-  floats natively.
+  cache on CPU when XLA writes it (`sampling.sampler.resolve_cache_dtype`; the decode-attention
+  kernel writes a bf16 cache in place). Other backends write 16-bit floats natively.
   """
   update = update.astype(cache.dtype)
   if (cache.dtype.itemsize != 2 or not jnp.issubdtype(cache.dtype, jnp.floating)
@@ -318,7 +318,9 @@ def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, wr
            first_key_blocks=None, empty_cache=False, attend_cache=None):
   """One pre-norm decoder layer. Returns (x, new_kv_cache or None).
 
-  `attend_cache(q, k_t, v)` replaces `cached_attention` over `mask` against a non-empty cache.
+  `attend_cache(q, k, v, k_t_cache, v_cache) -> (attn, k_t_cache, v_cache)`, a kernel that writes
+  the block's K/V into the cache and attends to it, replaces the cache write and
+  `cached_attention` over `mask` against a non-empty cache.
   """
   h = rms_norm(x, lp["attn_norm"], config.rms_norm_eps)
   q, k, v = _project_qkv(config, lp, h, cos, sin)
@@ -329,20 +331,22 @@ def _layer(config: ModelConfig, lp: Params, x, cos, sin, mask, kv_cache=None, wr
     # The cache is heads-major, K as [B, K, D, S] and V as [B, K, S, D]: attention reads both as
     # they lie, without a per-step transpose or repack of the whole cache. Only the block's own
     # few K/V columns are transposed, on the way in.
-    zero = jnp.zeros((), jnp.int32)
-    k_all = _cache_write(kv_cache["k"], k.transpose(0, 2, 3, 1), (zero, zero, zero, write_index))
-    v_all = _cache_write(kv_cache["v"], jnp.swapaxes(v, 1, 2), (zero, zero, write_index, zero))
-    new_cache = {"k": k_all, "v": v_all}
-    if empty_cache:
-      # An empty cache (prefill): the block attends only to itself, and causal attention skips
-      # the key blocks above its diagonal instead of reading the whole capacity.
-      attn = causal_attention(q, k, v, mask)
+    if attend_cache is not None:
+      attn, k_all, v_all = attend_cache(q, k, v, kv_cache["k"], kv_cache["v"])
     else:
-      # Attention reads the cache after the write. Reading it before (the block's own K/V as a
-      # separate part) made XLA:CPU copy every layer's whole cache per step to keep the write
-      # in place: a decode step at batch 32 went from 132 to 180 ms.
-      attn = (cached_attention(q, k_all, v_all, mask) if attend_cache is None
-              else attend_cache(q, k_all, v_all))
+      zero = jnp.zeros((), jnp.int32)
+      k_all = _cache_write(kv_cache["k"], k.transpose(0, 2, 3, 1), (zero, zero, zero, write_index))
+      v_all = _cache_write(kv_cache["v"], jnp.swapaxes(v, 1, 2), (zero, zero, write_index, zero))
+      if empty_cache:
+        # An empty cache (prefill): the block attends only to itself, and causal attention skips
+        # the key blocks above its diagonal instead of reading the whole capacity.
+        attn = causal_attention(q, k, v, mask)
+      else:
+        # Attention reads the cache after the write. Reading it before (the block's own K/V as a
+        # separate part) made XLA:CPU copy every layer's whole cache per step to keep the write
+        # in place: a decode step at batch 32 went from 132 to 180 ms.
+        attn = cached_attention(q, k_all, v_all, mask)
+    new_cache = {"k": k_all, "v": v_all}
   x = x + _dense(attn, lp["wo"], in_axes=2)
   h = rms_norm(x, lp["mlp_norm"], config.rms_norm_eps)
   x = x + _mlp(config, lp, h)
@@ -488,9 +492,10 @@ def forward_with_cache(config: ModelConfig, params: Params, tokens: jax.Array, c
   a fresh cache): attention then runs over the block alone, skipping the key blocks above its
   diagonal, instead of over the whole capacity.
 
-  `decode_attention(q [B,H,D], k_t, v, cache_start, end)`, a kernel over the cache's layout
-  (`kernels.decode_attention`), replaces the XLA attention for a single-token block against a
-  non-empty cache (a decode step): row b attends slots [cache_start[b], end).
+  `decode_attention(q, k_new, v_new, k_t, v, cache_start, slot) -> (out, k_t, v)`, a kernel over
+  the cache's layout (`kernels.decode_attention`), replaces the cache write and the XLA attention
+  for a single-token block against a non-empty cache (a decode step): it writes the token's K/V
+  at `slot` = `write_index`, and row b attends slots [cache_start[b], slot].
   """
   _check_tokens(tokens)
   b, t = tokens.shape
@@ -503,8 +508,10 @@ def forward_with_cache(config: ModelConfig, params: Params, tokens: jax.Array, c
       key_slots[None, None, :] <= slots[None, :, None])
   attend_cache = None
   if decode_attention is not None and t == 1 and not empty_cache:
-    end = write_index + 1
-    attend_cache = lambda q, k_t, v: decode_attention(q[:, 0], k_t, v, cache_start, end)[:, None]
+    def attend_cache(q, k, v, k_t_cache, v_cache):
+      out, k_t_cache, v_cache = decode_attention(q[:, 0], k[:, 0], v[:, 0], k_t_cache, v_cache,
+                                                 cache_start, write_index)
+      return out[:, None], k_t_cache, v_cache
   cos, sin = rope_cos_sin(config, positions)
   x = _embed(config, params, tokens)
   x, cache = _run_layers(config, params, x, cos, sin, mask, cache=cache, write_index=write_index,

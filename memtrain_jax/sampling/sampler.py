@@ -62,7 +62,8 @@ class SamplerConfig:
   # is bound by reading the weights and prefill by the matmul rate. 0 plans for padding only.
   decode_step_tokens: int = 64
   # The KV cache's dtype: "auto" is the compute dtype, except float32 for 16-bit compute on the
-  # CPU backend (XLA:CPU has no in-place 16-bit cache write; see `resolve_cache_dtype`).
+  # CPU backend without the decode-attention kernel (XLA:CPU has no in-place 16-bit cache write;
+  # see `resolve_cache_dtype`).
   cache_dtype: str = "auto"
   # A decode step's attention: "auto" = the multi-threaded CPU kernel on the CPU backend when it
   # builds (`kernels.decode_attention`; else XLA's, with a warning), "kernel" = the kernel or an
@@ -70,23 +71,26 @@ class SamplerConfig:
   decode_attention: str = "auto"
 
 
-def resolve_cache_dtype(cache_dtype: str, model_config: ModelConfig, backend: str) -> np.dtype:
+def resolve_cache_dtype(cache_dtype: str, model_config: ModelConfig, backend: str,
+                        kernel_writes: bool = False) -> np.dtype:
   """The KV cache dtype for `SamplerConfig.cache_dtype` on `backend` ("cpu", "gpu", "tpu").
 
-  "auto" keeps the cache in the compute dtype, but on the CPU backend a 16-bit compute dtype gets
-  a float32 cache. XLA:CPU upcasts a bf16 dynamic-update-slice to f32, and written through its
-  uint16 bits the update is no longer in place: either way every decode step copied each layer's
-  whole cache. An f32 cache is written in place and read once by f32 attention dots. It holds the
-  same values (K/V are rounded to the compute dtype before they are stored), and attention still
-  rounds its probabilities to the compute dtype (`models.decoder.cached_attention`); only the
-  dots' summation order differs. SmolLM2 bf16 decode at batch 32 with 256 cache slots, a loop of
-  32 steps: 93 ms per step with a bf16 cache, 86 ms with an f32 cache.
+  "auto" keeps the cache in the compute dtype. The exception is a 16-bit compute dtype on the
+  CPU backend when XLA writes the cache (`kernel_writes` False: no decode-attention kernel, which
+  writes a bf16 cache in place itself): it gets a float32 cache. XLA:CPU upcasts a bf16
+  dynamic-update-slice to f32, and written through its uint16 bits the update is no longer in
+  place: either way every decode step copied each layer's whole cache. An f32 cache is written in
+  place and read once by f32 attention dots. It holds the same values (K/V are rounded to the
+  compute dtype before they are stored), and attention still rounds its probabilities to the
+  compute dtype (`models.decoder.cached_attention`); only the dots' summation order differs.
+  SmolLM2 bf16 decode at batch 32 with 256 cache slots, a loop of 32 steps, XLA's attention: 93
+  ms per step with a bf16 cache, 86 ms with an f32 cache.
   """
   check_cache_dtype(cache_dtype, "SamplerConfig.cache_dtype")
   if cache_dtype != "auto":
     return np.dtype(jax.numpy.dtype(cache_dtype))
   compute = np.dtype(model_config.dtype)
-  if backend == "cpu" and compute.itemsize < 4:
+  if backend == "cpu" and compute.itemsize < 4 and not kernel_writes:
     return np.dtype(np.float32)
   return compute
 
@@ -127,10 +131,10 @@ def shard_decode_attention(kernel, mesh: jax.sharding.Mesh):
   heads over its head axis (query heads are grouped per KV head, so the blocks line up)."""
   batch, heads = shd.logical_to_spec(_CACHE_AXES, shd.ROLLOUT_RULES)[:2]
   spec = jax.sharding.PartitionSpec
+  per_head, cache = spec(batch, heads, None), spec(batch, heads, None, None)
   return jax.shard_map(kernel, mesh=mesh,
-                       in_specs=(spec(batch, heads, None), spec(batch, heads, None, None),
-                                 spec(batch, heads, None, None), spec(batch), spec()),
-                       out_specs=spec(batch, heads, None), check_vma=False)
+                       in_specs=(per_head, per_head, per_head, cache, cache, spec(batch), spec()),
+                       out_specs=(per_head, cache, cache), check_vma=False)
 
 
 @dataclasses.dataclass
@@ -165,8 +169,9 @@ class Sampler:
                                 config.stop_strings, tokenizer)
     backend = (jax.default_backend() if mesh is None
                else mesh.devices.flat[0].platform)
-    self.cache_dtype = resolve_cache_dtype(config.cache_dtype, model_config, backend)
     self.decode_attention = resolve_decode_attention(config.decode_attention, backend)
+    self.cache_dtype = resolve_cache_dtype(config.cache_dtype, model_config, backend,
+                                           kernel_writes=self.decode_attention is not None)
     if self.decode_attention is not None and mesh is not None:
       self.decode_attention = shard_decode_attention(self.decode_attention, mesh)
     self.batch_multiple = 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])

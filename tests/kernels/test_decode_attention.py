@@ -16,9 +16,18 @@ from memtrain_jax.models import decoder
 from memtrain_jax.sampling import sampler as sampler_lib
 
 
+def _written(k_new, v_new, k_t, v, slot):
+  """The caches with the token's K/V at `slot`, rounded to the caches' dtype (numpy)."""
+  k_t, v = np.array(k_t), np.array(v)
+  if 0 <= slot < k_t.shape[-1]:
+    k_t[..., slot] = np.asarray(jnp.asarray(k_new, k_t.dtype))
+    v[..., slot, :] = np.asarray(jnp.asarray(v_new, v.dtype))
+  return k_t, v
+
+
 def _reference(q, k_t, v, start, end):
   """float64 numpy: q [B,H,D] against slots [start[b], end) of k_t [B,K,D,S], v [B,K,S,D]."""
-  q, k_t, v = (np.asarray(jnp.asarray(x, jnp.float32), np.float64) for x in (q, k_t, v))
+  q, k_t, v = (np.asarray(np.asarray(x, np.float32), np.float64) for x in (q, k_t, v))
   b, h, d = q.shape
   group = h // k_t.shape[1]
   out = np.zeros((b, h, d))
@@ -35,10 +44,12 @@ def _reference(q, k_t, v, start, end):
 
 
 def _inputs(rng, batch, heads, kv_heads, head_dim, slots, q_dtype, cache_dtype):
-  q = jnp.asarray(rng.standard_normal((batch, heads, head_dim)), q_dtype)
-  k_t = jnp.asarray(rng.standard_normal((batch, kv_heads, head_dim, slots)), cache_dtype)
-  v = jnp.asarray(rng.standard_normal((batch, kv_heads, slots, head_dim)), cache_dtype)
-  return q, k_t, v
+  """q, k_new, v_new, k_t, v."""
+  normal = lambda shape, dtype: jnp.asarray(rng.standard_normal(shape), dtype)
+  return (normal((batch, heads, head_dim), q_dtype), normal((batch, kv_heads, head_dim), q_dtype),
+          normal((batch, kv_heads, head_dim), q_dtype),
+          normal((batch, kv_heads, head_dim, slots), cache_dtype),
+          normal((batch, kv_heads, slots, head_dim), cache_dtype))
 
 
 # Head dims 64 and 128 take the compiled-in paths, the others the generic one; groups of 1, 2, 3, 7
@@ -52,33 +63,50 @@ SHAPES = [  # batch, heads, kv_heads, head_dim, slots
 @pytest.mark.parametrize("shape", SHAPES)
 def test_float32_matches_a_float64_reference(shape, cache_dtype):
   """A float32 q against a float32 or bfloat16 cache (q keeps its precision, where XLA's
-  attention rounds it to the cache's dtype)."""
+  attention rounds it to the cache's dtype). The token's K/V land at `slot` and nowhere else."""
   batch, heads, kv_heads, head_dim, slots = shape
   rng = np.random.default_rng(sum(shape))
-  q, k_t, v = _inputs(rng, *shape, jnp.float32, cache_dtype)
-  end = slots if slots < 10 else slots - 3
-  # Rows starting at 0, in the middle, at the last attended slot, and after it (no slot: zeros).
-  start = np.array([0, end // 2, end - 1, end + 1, 7][:batch], np.int32)
+  q, k_new, v_new, k_t, v = _inputs(rng, *shape, jnp.float32, cache_dtype)
+  slot = slots - 1 if slots < 10 else slots - 4
+  # Rows starting at 0, in the middle, at the written slot, and after it (no slot: zeros).
+  start = np.array([0, slot // 2, slot, slot + 1, 7][:batch], np.int32)
   start = np.minimum(start, slots)
-  got = np.asarray(jax.jit(kernel.decode_attention)(q, k_t, v, start, np.int32(end)))
-  np.testing.assert_allclose(got, _reference(q, k_t, v, start, end), atol=2e-6, rtol=1e-5)
+  want_k_t, want_v = _written(k_new, v_new, k_t, v, slot)
+  got, got_k_t, got_v = jax.jit(kernel.decode_attention)(q, k_new, v_new, k_t, v, start,
+                                                         np.int32(slot))
+  np.testing.assert_array_equal(np.asarray(got_k_t), want_k_t)
+  np.testing.assert_array_equal(np.asarray(got_v), want_v)
+  np.testing.assert_allclose(np.asarray(got), _reference(q, want_k_t, want_v, start, slot + 1),
+                             atol=2e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("q_dtype,cache_dtype", [(jnp.float32, jnp.float32),
                                                  (jnp.bfloat16, jnp.float32),
                                                  (jnp.bfloat16, jnp.bfloat16)])
 def test_matches_the_xla_attention_it_replaces(q_dtype, cache_dtype):
-  """`decoder.cached_attention` over the decode mask: with a 16-bit q both round the
-  probabilities to bf16, so they agree to the rounding of the output."""
+  """The decoder's cache write and `cached_attention` over the decode mask: the same caches, and
+  with a 16-bit q both round the probabilities to bf16, so they agree to the output's rounding."""
   batch, heads, kv_heads, head_dim, slots = 6, 9, 3, 64, 96
   rng = np.random.default_rng(1)
-  q, k_t, v = _inputs(rng, batch, heads, kv_heads, head_dim, slots, q_dtype, cache_dtype)
+  q, k_new, v_new, k_t, v = _inputs(rng, batch, heads, kv_heads, head_dim, slots, q_dtype,
+                                    cache_dtype)
   start = rng.integers(0, 40, batch).astype(np.int32)
-  end = 80
-  slot = np.arange(slots)
-  mask = jnp.asarray((slot[None, :] >= start[:, None]) & (slot[None, :] < end))[:, None, :]
-  xla = jax.jit(decoder.cached_attention)(q[:, None], k_t, v, mask)[:, 0]
-  got = jax.jit(kernel.decode_attention)(q, k_t, v, start, np.int32(end))
+  slot = 79
+
+  @jax.jit
+  def xla_step(q, k_new, v_new, k_t, v):
+    zero = jnp.zeros((), jnp.int32)
+    k_t = decoder._cache_write(k_t, k_new[..., None], (zero, zero, zero, slot))
+    v = decoder._cache_write(v, v_new[:, :, None], (zero, zero, slot, zero))
+    slots_ = jnp.arange(slots)
+    mask = ((slots_[None, :] >= start[:, None]) & (slots_[None, :] <= slot))[:, None, :]
+    return decoder.cached_attention(q[:, None], k_t, v, mask)[:, 0], k_t, v
+
+  xla, xla_k_t, xla_v = xla_step(q, k_new, v_new, k_t, v)
+  got, got_k_t, got_v = jax.jit(kernel.decode_attention)(q, k_new, v_new, k_t, v, start,
+                                                         np.int32(slot))
+  np.testing.assert_array_equal(np.asarray(got_k_t), np.asarray(xla_k_t))
+  np.testing.assert_array_equal(np.asarray(got_v), np.asarray(xla_v))
   assert got.dtype == q_dtype
   got, xla = np.asarray(got, np.float32), np.asarray(xla, np.float32)
   if q_dtype == jnp.float32:
@@ -131,22 +159,26 @@ def test_sharded_kernel_equals_one_device(mesh_shape):
   assert jax.device_count() == 8
   mesh = sharding.make_mesh(mesh_shape)
   rng = np.random.default_rng(2)
-  q, k_t, v = _inputs(rng, 8, 8, 2, 16, 40, jnp.float32, jnp.float32)
+  inputs = _inputs(rng, 8, 8, 2, 16, 40, jnp.float32, jnp.float32)
   start = rng.integers(0, 30, 8).astype(np.int32)
-  single = kernel.decode_attention(q, k_t, v, start, np.int32(35))
+  single = jax.jit(kernel.decode_attention)(*inputs, start, np.int32(35))
   sharded = jax.jit(sampler_lib.shard_decode_attention(kernel.decode_attention, mesh))(
-      q, k_t, v, start, np.int32(35))
-  np.testing.assert_allclose(np.asarray(sharded), np.asarray(single), atol=1e-6)
+      *inputs, start, np.int32(35))
+  for a, b in zip(sharded, single):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
 def test_bad_shapes_and_dtypes_are_refused():
   rng = np.random.default_rng(3)
-  q, k_t, v = _inputs(rng, 2, 6, 4, 16, 10, jnp.float32, jnp.float32)  # 4 KV heads do not divide 6
-  with pytest.raises(ValueError, match=r"q \[B, H, D\], k_t \[B, K, D, S\]"):
-    kernel.decode_attention(q, k_t, v, np.zeros(2, np.int32), 5)
-  q, k_t, v = _inputs(rng, 2, 4, 2, 16, 10, jnp.float16, jnp.float32)
+  inputs = _inputs(rng, 2, 6, 4, 16, 10, jnp.float32, jnp.float32)  # 4 KV heads do not divide 6
+  with pytest.raises(ValueError, match=r"q \[B, H, D\], k_new and v_new \[B, K, D\]"):
+    kernel.decode_attention(*inputs, np.zeros(2, np.int32), 5)
+  q, k_new, v_new, k_t, v = _inputs(rng, 2, 4, 2, 16, 10, jnp.float32, jnp.float32)
+  with pytest.raises(ValueError, match=r"got q \(2, 4, 16\), k_new \(2, 2, 15\)"):
+    kernel.decode_attention(q, k_new[..., 1:], v_new, k_t, v, np.zeros(2, np.int32), 5)
+  inputs = _inputs(rng, 2, 4, 2, 16, 10, jnp.float16, jnp.float32)
   with pytest.raises(ValueError, match="float32 and bfloat16"):
-    kernel.decode_attention(q, k_t, v, np.zeros(2, np.int32), 5)
+    kernel.decode_attention(*inputs, np.zeros(2, np.int32), 5)
 
 
 def test_build_is_cached_and_rebuilt_for_a_new_cache_dir(tmp_path, monkeypatch):

@@ -56,16 +56,21 @@ def test_logprobs_equal_a_fresh_forward(params, sampler, temperature, top_p, top
       assert np.isfinite(out.sampling_logprobs[r]).all()
 
 
-@pytest.mark.parametrize("cache_dtype,resolved", [("auto", np.float32), ("bfloat16", jnp.bfloat16)])
-def test_bf16_rollouts_on_the_compute_copy_match_a_bf16_forward(params, cache_dtype, resolved):
+@pytest.mark.parametrize("cache_dtype,decode_attention,resolved", [
+    ("auto", "auto", jnp.bfloat16), ("auto", "xla", np.float32), ("float32", "auto", np.float32),
+    ("bfloat16", "xla", jnp.bfloat16)])
+def test_bf16_rollouts_on_the_compute_copy_match_a_bf16_forward(params, cache_dtype,
+                                                                decode_attention, resolved):
   """Mixed precision as the trainer samples: f32 master weights, their bf16 copy
-  (`models.compute_params`), a KV cache in f32 (the CPU default) or bf16. Log-probs match a fresh
-  bf16 forward over prompt + completion to bf16 accuracy, and greedy tokens are its argmax where
-  the top two are apart."""
+  (`models.compute_params`), a KV cache in bf16 (the CPU default with the decode-attention
+  kernel) or f32 (without it), the kernel's attention or XLA's. Log-probs match a fresh bf16
+  forward over prompt + completion to bf16 accuracy, and greedy tokens are its argmax where the
+  top two are apart."""
   mixed = CONFIG.replace(compute_dtype="bfloat16")
   copy = models.compute_params(mixed, params)
   sampler16 = Sampler(mixed, IdTokenizer(),
-                      dataclasses.replace(SAMPLER_CONFIG, cache_dtype=cache_dtype))
+                      dataclasses.replace(SAMPLER_CONFIG, cache_dtype=cache_dtype,
+                                          decode_attention=decode_attention))
   assert sampler16.cache_dtype == np.dtype(resolved)
   prompts = random_prompts(CONFIG.vocab_size, LENGTHS)
   out = sampler16.generate(copy, prompts, temperature=0.0)
@@ -89,6 +94,7 @@ def test_bf16_rollouts_on_the_compute_copy_match_a_bf16_forward(params, cache_dt
 def test_cache_dtype_resolution():
   mixed = CONFIG.replace(compute_dtype="bfloat16")
   assert resolve_cache_dtype("auto", mixed, "cpu") == np.float32  # in-place writes on CPU
+  assert resolve_cache_dtype("auto", mixed, "cpu", kernel_writes=True) == jnp.bfloat16
   assert resolve_cache_dtype("auto", mixed, "gpu") == jnp.bfloat16
   assert resolve_cache_dtype("auto", CONFIG, "cpu") == np.float32
   assert resolve_cache_dtype("bfloat16", CONFIG, "cpu") == jnp.bfloat16
