@@ -2,10 +2,12 @@
 
 One query token per row against the sampler's KV cache. On the CPU backend XLA runs the batched
 score and value dots of this step on one thread and over the cache's whole capacity; the kernel
-(`decode_attention_cpu.cc`) spreads the (row, KV head) pairs over XLA's intra-op thread pool and
-reads only each row's attended slots. SmolLM2-135M, batch 32, all 256 slots attended, 30 layers on
-2 cores: 22 ms against 39 ms, and less when rows attend fewer slots; a decode step at batch 32
-takes 93 ms against 140 ms (`experiments/bench_rollout.py` (2)).
+(`decode_attention_cpu.cc`) spreads the (row, KV head) pairs over XLA's intra-op thread pool,
+reads only each row's attended slots, and writes the token's K/V into the cache in place (the
+cache buffers are aliased to its results), which XLA:CPU cannot do for a bf16 cache. SmolLM2-135M,
+batch 32, all 256 slots attended, 30 layers on 2 cores: 23 ms against 38 ms, and less when rows
+attend fewer slots; a decode step at batch 32 takes 93 ms against 140 ms in f32, 53 against 90
+ms in bf16 (`experiments/bench_rollout.py` (2)).
 
 The kernel is C++ compiled on first use with the host's compiler (`$CXX`, else `g++`/`c++`/
 `clang++`) for the host CPU, and cached under `$MEMTRAIN_JAX_KERNEL_CACHE` (default

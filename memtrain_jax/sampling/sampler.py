@@ -11,9 +11,9 @@
   cut into micro-batches (each one prefill and one decode loop) by the cheapest plan in prompt
   tokens, padding against decode loops (`decode_step_tokens`, `batching.plan_microbatches`).
 - Temperature, top-p, top-k, the per-call token budget and the seed are traced values.
-- On the CPU backend a decode step's attention runs as a multi-threaded kernel over each row's
-  attended slots (`kernels.decode_attention`, `SamplerConfig.decode_attention`), under
-  `jax.shard_map` when the sampler has a mesh; elsewhere, or without a C++ compiler, XLA's.
+- On the CPU backend a decode step's cache write and attention run as one multi-threaded kernel
+  over each row's attended slots (`kernels.decode_attention`, `SamplerConfig.decode_attention`),
+  under `jax.shard_map` when the sampler has a mesh; elsewhere, or without a C++ compiler, XLA's.
 - Completions end on the model's eos ids, `stop_token_ids` or `stop_strings`; the stop token is
   part of the completion. Lengths, not `token == pad_id`, say where a completion ends.
 - Log-probs: `logprobs` under the unmodified policy (temperature 1, no truncation), which is
