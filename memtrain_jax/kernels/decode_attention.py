@@ -6,7 +6,7 @@ score and value dots of this step on one thread and over the cache's whole capac
 reads only each row's attended slots, and writes the token's K/V into the cache in place (the
 cache buffers are aliased to its results), which XLA:CPU cannot do for a bf16 cache. SmolLM2-135M,
 batch 32, all 256 slots attended, 30 layers on 2 cores: 23 ms against 38 ms, and less when rows
-attend fewer slots; a decode step at batch 32 takes 93 ms against 140 ms in f32, 53 against 90
+attend fewer slots; a decode step at batch 32 takes 93 ms against 140 ms in f32, 51 against 88
 ms in bf16 (`experiments/bench_rollout.py` (2)).
 
 The kernel is C++ compiled on first use with the host's compiler (`$CXX`, else `g++`/`c++`/
