@@ -189,7 +189,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
     jax.block_until_ready(dec.tokens)
     return time.perf_counter() - t0
 
-  if sampler.decode_attention is not None:
+  if sampler.attention_kernel is not None:
     timed_xla_decode()  # compile
   for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
@@ -205,7 +205,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
     t_decode = min(t_decode, time.perf_counter() - t0)
     cpu_decode = min(cpu_decode, time.process_time() - c0)
     del dec
-    if sampler.decode_attention is not None:
+    if sampler.attention_kernel is not None:
       t_decode_xla = min(t_decode_xla, timed_xla_decode())
   # Decode feeds new_tokens - 1 tokens through the model (the first comes from prefill).
   decode_flops = sum(config.flops_per_token(prompt_len + i) for i in range(1, new_tokens)) * batch
@@ -229,13 +229,13 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
              prefill_gflops=prefill_flops / t_prefill / 1e9, load=os.getloadavg()[0],
              decode_step_ms=1e3 * t_decode / (new_tokens - 1),
              decode_step_ms_xla=1e3 * t_decode_xla / (new_tokens - 1),
-             decode_attention="kernel" if sampler.decode_attention is not None else "xla",
+             decode_attention="kernel" if sampler.attention_kernel is not None else "xla",
              decode_mb_per_step=decode_bytes_per_step(config, params, batch, cap,
                                                       sampler.cache_dtype) / 1e6,
              cache_dtype=sampler.cache_dtype.name,
              gemm_ms=1e3 * decode_gemm_seconds(config, params, batch, 3),
              attention_ms=1e3 * decode_attention_seconds(
-                 config, batch, cap, sampler.cache_dtype, 3, kernel=sampler.decode_attention),
+                 config, batch, cap, sampler.cache_dtype, 3, kernel=sampler.attention_kernel),
              attention_ms_xla=1e3 * decode_attention_seconds(config, batch, cap,
                                                              xla_sampler.cache_dtype, 3),
              xla_cache_dtype=xla_sampler.cache_dtype.name,

@@ -169,11 +169,12 @@ class Sampler:
                                 config.stop_strings, tokenizer)
     backend = (jax.default_backend() if mesh is None
                else mesh.devices.flat[0].platform)
-    self.decode_attention = resolve_decode_attention(config.decode_attention, backend)
+    # The decode step's attention kernel (a callable), or None for XLA's attention.
+    self.attention_kernel = resolve_decode_attention(config.decode_attention, backend)
     self.cache_dtype = resolve_cache_dtype(config.cache_dtype, model_config, backend,
-                                           kernel_writes=self.decode_attention is not None)
-    if self.decode_attention is not None and mesh is not None:
-      self.decode_attention = shard_decode_attention(self.decode_attention, mesh)
+                                           kernel_writes=self.attention_kernel is not None)
+    if self.attention_kernel is not None and mesh is not None:
+      self.attention_kernel = shard_decode_attention(self.attention_kernel, mesh)
     self.batch_multiple = 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
     self.rows_per_batch = batching.max_rows(config.batch_buckets, self.batch_multiple)
     self.programs_built: list[tuple] = []  # (program, shapes) per trace, i.e. per compile
@@ -209,7 +210,7 @@ class Sampler:
     self.programs_built.append(("decode", tuple(logits.shape[:1]), capacity))
     return programs.decode(self.model_config, params, cache, logits, cache_start, active, limit,
                            sampling, seed, stream, stop, max_new_tokens=self.config.max_new_tokens,
-                           decode_attention=self.decode_attention)
+                           decode_attention=self.attention_kernel)
 
   def num_compiles(self) -> int:
     """Programs this sampler has compiled (or fetched from the persistent cache) so far."""

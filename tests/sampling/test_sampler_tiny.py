@@ -111,7 +111,7 @@ def test_the_decode_attention_kernel_changes_no_completion(params):
   with_kernel = Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
   with_xla = Sampler(CONFIG, IdTokenizer(),
                      dataclasses.replace(SAMPLER_CONFIG, decode_attention="xla"))
-  assert with_kernel.decode_attention is not None and with_xla.decode_attention is None
+  assert with_kernel.attention_kernel is not None and with_xla.attention_kernel is None
   prompts = random_prompts(CONFIG.vocab_size, LENGTHS, seed=5)
   for temperature in (0.0, 1.0):
     a = with_kernel.generate(params, prompts, num_samples=2, temperature=temperature, seed=1)
