@@ -180,13 +180,17 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
   # far less: a program that waits for a core is not charged for the wait.
   t_prefill = t_decode = cpu_prefill = cpu_decode = t_decode_xla = float("inf")
 
-  def timed_xla_decode():
-    cache, logits, row_start = xla_sampler._prefill(params, tokens, start, src, capacity=cap)
-    t0 = time.perf_counter()
-    dec = xla_sampler._decode(params, cache, logits, row_start, np.ones((batch,), bool),
-                              np.int32(new_tokens), SamplingParams.create(0.0, 1.0, 0),
-                              np.int32(0), np.int32(0), xla_sampler.stop)
+  def greedy_decode(s, cache, logits, row_start):
+    """Sampler s's decode program on a prefill's outputs, every row to `new_tokens`, blocking."""
+    dec = s._decode(params, cache, logits, row_start, np.ones((batch,), bool),
+                    np.int32(new_tokens), SamplingParams.create(0.0, 1.0, 0), np.int32(0),
+                    np.int32(0), s.stop)
     jax.block_until_ready(dec.tokens)
+
+  def timed_xla_decode():
+    prefilled = xla_sampler._prefill(params, tokens, start, src, capacity=cap)
+    t0 = time.perf_counter()
+    greedy_decode(xla_sampler, *prefilled)
     return time.perf_counter() - t0
 
   if sampler.attention_kernel is not None:
@@ -198,13 +202,9 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
     t_prefill = min(t_prefill, time.perf_counter() - t0)
     cpu_prefill = min(cpu_prefill, time.process_time() - c0)
     t0, c0 = time.perf_counter(), time.process_time()
-    dec = sampler._decode(params, cache, logits, row_start, np.ones((batch,), bool),
-                          np.int32(new_tokens), SamplingParams.create(0.0, 1.0, 0), np.int32(0),
-                          np.int32(0), sampler.stop)
-    jax.block_until_ready(dec.tokens)
+    greedy_decode(sampler, cache, logits, row_start)
     t_decode = min(t_decode, time.perf_counter() - t0)
     cpu_decode = min(cpu_decode, time.process_time() - c0)
-    del dec
     if sampler.attention_kernel is not None:
       t_decode_xla = min(t_decode_xla, timed_xla_decode())
   # Decode feeds new_tokens - 1 tokens through the model (the first comes from prefill).
