@@ -7,7 +7,9 @@
 // pairs over the intra-op thread pool; each pair writes its new K/V column in place (the cache
 // buffers are aliased to the outputs) and reads only the row's attended slots,
 // [start[b], slot]: the left padding before a prompt and the empty slots after the newest token
-// are skipped. Scores, softmax and the value sum stay in L1-sized blocks.
+// are skipped. The scores are computed a block of slots at a time for all query heads of the KV
+// head together, each K and V row loaded and widened once, the sums in vector registers; the
+// block's V rows are prefetched meanwhile.
 //
 // Layouts are the sampler's cache (`memtrain_jax.models.decoder.init_cache`):
 //   q      [B, H, D]     float32 or bfloat16, H = K * G (query heads grouped per KV head)
@@ -66,37 +68,68 @@ inline float AsStored(float x) {
   return sizeof(CT) == 2 ? Widen(NarrowBits(x)) : x;
 }
 
-// exp(x) for x <= 0 (a score minus its row's maximum), written with plain float arithmetic so
-// that the compiler vectorises the loops around it: Cody-Waite reduction by ln 2 and a degree-6
-// polynomial (Cephes' expf coefficients, relative error ~1e-7). Below -87 the result is clamped
-// to exp(-87) ~ 1.6e-38, which is 0 next to the maximum's exp(0) = 1.
-inline float ExpNonPositive(float x) {
-  x = std::max(x, -87.0f);
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+// Sixteen floats as one vector, and sixteen 32-bit words (GCC/Clang vector extensions). The hot
+// loops are written with them, so they are vectorised whatever the auto-vectoriser decides (it
+// left lane-wise scalar loops of the softmax scalar), and their sums stay in registers.
+constexpr int64_t kLanes = 16;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t Ints __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef uint32_t Words __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+
+template <typename To, typename From>
+inline To BitCast(const From& x) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To y;
+  std::memcpy(&y, &x, sizeof(y));
+  return y;
+}
+
+inline Vec Load16(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline Vec Load16(const bf16_bits* p) {
+  typedef bf16_bits Halves __attribute__((vector_size(kLanes * sizeof(bf16_bits))));
+  Halves h;
+  std::memcpy(&h, p, sizeof(h));
+  return BitCast<Vec>(__builtin_convertvector(h, Words) << 16);
+}
+
+// Each lane rounded to bfloat16 and widened back, as Widen(NarrowBits(x)) does.
+inline Vec RoundToBf16(Vec x) {
+  const Words bits = BitCast<Words>(x);
+  const Words rounded = (bits + (0x7fffu + ((bits >> 16) & 1u))) & 0xffff0000u;
+  const Words quiet_nan = (bits | 0x400000u) & 0xffff0000u;
+  return BitCast<Vec>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+// exp(x) for x <= 0 (a score minus its row's maximum): Cody-Waite reduction by ln 2 and a
+// degree-6 polynomial (Cephes' expf coefficients, relative error ~1e-7). Below -87 the result
+// is clamped to exp(-87) ~ 1.6e-38, which is 0 next to the maximum's exp(0) = 1.
+inline Vec ExpNonPositive(Vec x) {
+  const Vec floor_x = Vec{} - 87.0f;
+  x = x < floor_x ? floor_x : x;
+  const Vec t = x * 1.44269504088896341f + 0.5f;
+  Vec n = __builtin_convertvector(__builtin_convertvector(t, Ints), Vec);  // t rounded to zero
+  n = t < n ? n - 1.0f : n;                                               // floor(t)
+  const Vec r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  Vec p = Vec{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  return y * scale;
+  const Vec y = p * r * r + r + 1.0f;
+  return y * BitCast<Vec>((__builtin_convertvector(n, Ints) + 127) << 23);
 }
 
-// Row reductions kept lane-wise, so the compiler vectorises them without reassociating a
-// single float accumulator (which it may not do under strict IEEE semantics).
-constexpr int64_t kLanes = 16;
-
 inline float RowMax(const float* x, int64_t n) {
-  float lanes[kLanes];
-  for (int64_t l = 0; l < kLanes; ++l) lanes[l] = x[0];
+  Vec lanes = Vec{} + x[0];
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = std::max(lanes[l], x[j + l]);
+    const Vec v = Load16(x + j);
+    lanes = lanes < v ? v : lanes;
   }
   float top = x[0];
   for (int64_t l = 0; l < kLanes; ++l) top = std::max(top, lanes[l]);
@@ -104,28 +137,118 @@ inline float RowMax(const float* x, int64_t n) {
   return top;
 }
 
-// x <- exp(x - top) in place; returns the sum of the results.
+// x <- exp(x - top) in place, rounded to bfloat16 with kRound; returns the sum of the results
+// before that rounding (as `cached_attention`'s normaliser).
+template <bool kRound>
 inline float ExpInPlace(float* x, int64_t n, float top) {
-  float lanes[kLanes] = {};
+  Vec lanes = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      x[j + l] = ExpNonPositive(x[j + l] - top);
-      lanes[l] += x[j + l];
-    }
+    Vec e = ExpNonPositive(Load16(x + j) - top);
+    lanes += e;
+    if (kRound) e = RoundToBf16(e);
+    std::memcpy(x + j, &e, sizeof(e));
+  }
+  if (j < n) {  // the last n - j < 16 entries, through a padded copy
+    const int64_t m = n - j;
+    float part[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) part[l] = l < m ? x[j + l] : top;  // exp(0), not added
+    Vec e = ExpNonPositive(Load16(part) - top);
+    for (int64_t l = m; l < kLanes; ++l) e[l] = 0.0f;
+    lanes += e;
+    if (kRound) e = RoundToBf16(e);
+    for (int64_t l = 0; l < m; ++l) x[j + l] = e[l];
   }
   float total = 0.0f;
-  for (; j < n; ++j) {
-    x[j] = ExpNonPositive(x[j] - top);
-    total += x[j];
-  }
   for (int64_t l = 0; l < kLanes; ++l) total += lanes[l];
   return total;
 }
 
-// Key slots per block: a block of K ([D, kBlock]) or V ([kBlock, D]) rows stays in L1 while
-// every query head of the group uses it.
+// Key slots per block of scores: the kBlock sums of up to 4 query heads fill 16 vector registers.
 constexpr int64_t kBlock = 64;
+
+// Scores of kG query heads (q [kG, head_dim], scaled) against a window of kBlock slots, the K
+// rows [head_dim, kBlock] at stride `slots` from k_window: each K row is loaded and widened once
+// for all kG heads (not once per head), and the kG x kBlock sums stay in registers. Head g's
+// scores of the window's slots [skip, skip + n) go to out[g * out_stride + j], j < n. Each sum
+// runs over d in order, as the scalar loop's does.
+//
+// When v_block is given, the kBlock V rows there ([kBlock, head_dim], kBlock * head_dim * CT
+// bytes, head_dim iterations) are prefetched meanwhile, so that the value sum finds them in
+// cache: the scores pass then overlaps the V stream's memory latency with its own work.
+template <int kG, typename CT>
+void ScoreWindow(const float* q, int64_t head_dim, const CT* k_window, int64_t slots,
+                 float* out, int64_t out_stride, int64_t skip, int64_t n, const CT* v_block) {
+  constexpr int kParts = kBlock / kLanes;
+  constexpr int64_t kPrefetchBytes = kBlock * sizeof(CT);  // per d: the block's V over head_dim
+  Vec acc[kG][kParts] = {};
+  for (int64_t d = 0; d < head_dim; ++d) {
+    if (v_block != nullptr) {
+      const char* lines = reinterpret_cast<const char*>(v_block) + d * kPrefetchBytes;
+      for (int64_t b = 0; b < kPrefetchBytes; b += 64) __builtin_prefetch(lines + b, 0, 2);
+    }
+    const CT* row = k_window + d * slots;
+    Vec r[kParts];
+    for (int c = 0; c < kParts; ++c) r[c] = Load16(row + c * kLanes);
+    for (int g = 0; g < kG; ++g) {
+      const float qd = q[g * head_dim + d];
+      for (int c = 0; c < kParts; ++c) acc[g][c] += qd * r[c];
+    }
+  }
+  for (int g = 0; g < kG; ++g) {
+    if (skip == 0 && n == kBlock) {
+      for (int c = 0; c < kParts; ++c) {
+        std::memcpy(out + g * out_stride + c * kLanes, &acc[g][c], sizeof(Vec));
+      }
+    } else {
+      const char* sums = reinterpret_cast<const char*>(acc[g]);
+      std::memcpy(out + g * out_stride, sums + skip * sizeof(float), n * sizeof(float));
+    }
+  }
+}
+
+// acc[g] += sum_j p[g * p_stride + j] * v[j] for kG heads over n V rows [n, kD]: each V row is
+// loaded and widened once for all kG heads, the kG x kD sums stay in registers. The sums run over
+// j in order, as the per-head loop's do.
+template <int kD, int kG, typename CT>
+void AccumulateValues(const float* p, int64_t p_stride, const CT* v, int64_t n, float* acc) {
+  constexpr int kParts = kD / kLanes;
+  static_assert(kD % kLanes == 0, "the vectorised value sum wants a head dim divisible by 16");
+  Vec sum[kG][kParts];
+  for (int g = 0; g < kG; ++g) {
+    for (int c = 0; c < kParts; ++c) sum[g][c] = Load16(acc + g * kD + c * kLanes);
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const CT* row = v + j * kD;
+    Vec r[kParts];
+    for (int c = 0; c < kParts; ++c) r[c] = Load16(row + c * kLanes);
+    for (int g = 0; g < kG; ++g) {
+      const float pj = p[g * p_stride + j];
+      for (int c = 0; c < kParts; ++c) sum[g][c] += pj * r[c];
+    }
+  }
+  for (int g = 0; g < kG; ++g) {
+    for (int c = 0; c < kParts; ++c) {
+      std::memcpy(acc + g * kD + c * kLanes, &sum[g][c], sizeof(Vec));
+    }
+  }
+}
+
+// Calls body(std::integral_constant<int, n>) for n = min(group - g0, kMax) heads at a time,
+// g0 = 0, n, ...: the register-blocked loops above take at most kMax heads (their sums must fit
+// in the vector registers).
+template <int kMax, typename Body>
+void ForHeadChunks(int64_t group, Body body) {
+  static_assert(kMax >= 1 && kMax <= 4, "chunks of 1 to 4 heads");
+  for (int64_t g0 = 0; g0 < group; g0 += kMax) {
+    switch (std::min<int64_t>(kMax, group - g0)) {
+      case 1: body(g0, std::integral_constant<int, 1>()); break;
+      case 2: if constexpr (kMax >= 2) body(g0, std::integral_constant<int, 2>()); break;
+      case 3: if constexpr (kMax >= 3) body(g0, std::integral_constant<int, 3>()); break;
+      default: if constexpr (kMax >= 4) body(g0, std::integral_constant<int, 4>()); break;
+    }
+  }
+}
 
 struct Dims {
   int64_t batch, heads, kv_heads, head_dim, slots;
@@ -134,7 +257,7 @@ struct Dims {
 
 // One (row, KV head) pair: its G query heads against the cached slots [lo, lo + cached), then,
 // when k_self is given, one more slot whose K and V (head_dim floats each) are k_self and v_self.
-// kD is the head dim when known at compile time (the accumulators then live in registers), 0
+// kD is the head dim when known at compile time (the value sums then live in registers), 0
 // otherwise.
 template <int kD, typename QT, typename CT>
 void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& dims, int64_t lo,
@@ -156,27 +279,34 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (int64_t i = 0; i < group * head_dim; ++i) q_scaled[i] = Widen(q[i]) * scale;
 
-  // Scores: for each block of slots, every head's dot with the K rows [D, block].
+  // Scores: for each block of slots, every head's dot with the K rows [D, block]. A last block
+  // of n < kBlock slots is computed as a whole window that ends or starts with it (the other
+  // slots of the window are read and their scores dropped) while the row has kBlock slots.
   for (int64_t j0 = 0; j0 < cached; j0 += kBlock) {
     const int64_t n = std::min(kBlock, cached - j0);
-    const CT* k_block = k_t + lo + j0;
-    for (int64_t g = 0; g < group; ++g) {
+    const int64_t first = lo + j0;
+    int64_t window = -1;
+    if (first + kBlock <= slots) {
+      window = first;
+    } else if (first + n >= kBlock) {
+      window = first + n - kBlock;
+    }
+    if (window >= 0) {
+      ForHeadChunks<4>(group, [&](int64_t g0, auto heads) {
+        ScoreWindow<decltype(heads)::value>(q_scaled + g0 * head_dim, head_dim, k_t + window,
+                                            slots, scores + g0 * len + j0, len, first - window, n,
+                                            g0 == 0 ? v + first * head_dim : nullptr);
+      });
+      continue;
+    }
+    for (int64_t g = 0; g < group; ++g) {  // a row of fewer than kBlock slots
       const float* qg = q_scaled + g * head_dim;
       float block[kBlock];
-      if (n == kBlock) {
-        for (int64_t j = 0; j < kBlock; ++j) block[j] = 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d) {
-          const CT* row = k_block + d * slots;
-          const float qd = qg[d];
-          for (int64_t j = 0; j < kBlock; ++j) block[j] += qd * Widen(row[j]);
-        }
-      } else {
-        for (int64_t j = 0; j < n; ++j) block[j] = 0.0f;
-        for (int64_t d = 0; d < head_dim; ++d) {
-          const CT* row = k_block + d * slots;
-          const float qd = qg[d];
-          for (int64_t j = 0; j < n; ++j) block[j] += qd * Widen(row[j]);
-        }
+      for (int64_t j = 0; j < n; ++j) block[j] = 0.0f;
+      for (int64_t d = 0; d < head_dim; ++d) {
+        const CT* row = k_t + first + d * slots;
+        const float qd = qg[d];
+        for (int64_t j = 0; j < n; ++j) block[j] += qd * Widen(row[j]);
       }
       std::memcpy(scores + g * len + j0, block, n * sizeof(float));
     }
@@ -194,35 +324,26 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
   for (int64_t g = 0; g < group; ++g) {
     float* s = scores + g * len;
     const float top = RowMax(s, len);
-    norm[g] = ExpInPlace(s, len, top);
-    if (kRoundProbs) {
-      for (int64_t j = 0; j < len; ++j) s[j] = Widen(NarrowBits(s[j]));
-    }
+    norm[g] = ExpInPlace<kRoundProbs>(s, len, top);
   }
 
-  // Values: for each block of slots, every head's weighted sum of the V rows [block, D].
+  // Values: every head's weighted sum of the V rows [cached, D].
   for (int64_t i = 0; i < group * head_dim; ++i) acc[i] = 0.0f;
-  for (int64_t j0 = 0; j0 < cached; j0 += kBlock) {
-    const int64_t n = std::min(kBlock, cached - j0);
-    const CT* v_block = v + (lo + j0) * head_dim;
+  const CT* v_rows = v + lo * head_dim;
+  if constexpr (kD > 0) {
+    // Sums of up to 256 floats per chunk of heads (4 heads of 64, 2 of 128) stay in registers.
+    ForHeadChunks<std::max(1, std::min(4, 256 / kD))>(group, [&](int64_t g0, auto heads) {
+      AccumulateValues<kD, decltype(heads)::value>(scores + g0 * len, len, v_rows, cached,
+                                                   acc + g0 * kD);
+    });
+  } else {
     for (int64_t g = 0; g < group; ++g) {
-      const float* p = scores + g * len + j0;
+      const float* p = scores + g * len;
       float* a = acc + g * head_dim;
-      if (kD > 0) {
-        float sum[kD > 0 ? kD : 1];
-        for (int64_t d = 0; d < kD; ++d) sum[d] = a[d];
-        for (int64_t j = 0; j < n; ++j) {
-          const CT* row = v_block + j * kD;
-          const float pj = p[j];
-          for (int64_t d = 0; d < kD; ++d) sum[d] += pj * Widen(row[d]);
-        }
-        for (int64_t d = 0; d < kD; ++d) a[d] = sum[d];
-      } else {
-        for (int64_t j = 0; j < n; ++j) {
-          const CT* row = v_block + j * head_dim;
-          const float pj = p[j];
-          for (int64_t d = 0; d < head_dim; ++d) a[d] += pj * Widen(row[d]);
-        }
+      for (int64_t j = 0; j < cached; ++j) {
+        const CT* row = v_rows + j * head_dim;
+        const float pj = p[j];
+        for (int64_t d = 0; d < head_dim; ++d) a[d] += pj * Widen(row[d]);
       }
     }
   }

@@ -52,11 +52,13 @@ def _inputs(rng, batch, heads, kv_heads, head_dim, slots, q_dtype, cache_dtype):
           normal((batch, kv_heads, slots, head_dim), cache_dtype))
 
 
-# Head dims 64 and 128 take the compiled-in paths, the others the generic one; groups of 1, 2, 3, 7
-# query heads per KV head; more and fewer (row, KV head) pairs than threads.
+# Head dims 64 and 128 take the compiled-in paths, the others the generic one; groups of 1, 3 and
+# 7 query heads per KV head (the register-blocked loops take 4 heads at a time, 2 of 128 dims);
+# rows of 64 slots and more (a last partial block scored as a whole window that ends with it, or
+# that reads past it) and of fewer; more and fewer (row, KV head) pairs than threads.
 SHAPES = [  # batch, heads, kv_heads, head_dim, slots
-    (4, 9, 3, 64, 200), (3, 8, 4, 128, 70), (2, 14, 2, 16, 130), (5, 4, 4, 80, 65),
-    (1, 2, 1, 32, 1)]
+    (4, 9, 3, 64, 200), (3, 12, 4, 128, 70), (2, 14, 2, 16, 130), (2, 14, 2, 64, 100),
+    (5, 4, 4, 80, 65), (1, 2, 1, 32, 1)]
 
 
 @pytest.mark.parametrize("cache_dtype", [jnp.float32, jnp.bfloat16])
