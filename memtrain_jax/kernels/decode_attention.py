@@ -4,10 +4,11 @@ One query token per row against the sampler's KV cache. On the CPU backend XLA r
 score and value dots of this step on one thread and over the cache's whole capacity; the kernel
 (`decode_attention_cpu.cc`) spreads the (row, KV head) pairs over XLA's intra-op thread pool,
 reads only each row's attended slots, and writes the token's K/V into the cache in place (the
-cache buffers are aliased to its results), which XLA:CPU cannot do for a bf16 cache. SmolLM2-135M,
-batch 32, all 256 slots attended, 30 layers on 2 cores: 23 ms against 38 ms, and less when rows
-attend fewer slots; a decode step at batch 32 takes 93 ms against 140 ms in f32, 51 against 88
-ms in bf16 (`experiments/bench_rollout.py` (2)).
+cache buffers are aliased to its results), which XLA:CPU cannot do for a bf16 cache. The query
+heads that share a KV head are scored and summed together, so each K and V row is read and
+widened once. SmolLM2-135M, batch 32, all 256 slots attended, 30 layers on 2 cores: 16 ms against
+38 ms (12 ms with a bf16 cache), and less when rows attend fewer slots; a decode step at batch 32
+takes 83 ms against 138 ms in f32, 43 against 86 ms in bf16 (`experiments/bench_rollout.py` (2)).
 
 The kernel is C++ compiled on first use with the host's compiler (`$CXX`, else `g++`/`c++`/
 `clang++`) for the host CPU, and cached under `$MEMTRAIN_JAX_KERNEL_CACHE` (default
