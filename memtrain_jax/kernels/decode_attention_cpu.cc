@@ -173,19 +173,19 @@ constexpr int64_t kBlock = 64;
 // scores of the window's slots [skip, skip + n) go to out[g * out_stride + j], j < n. Each sum
 // runs over d in order, as the scalar loop's does.
 //
-// When v_block is given, the kBlock V rows there ([kBlock, head_dim], kBlock * head_dim * CT
-// bytes, head_dim iterations) are prefetched meanwhile, so that the value sum finds them in
-// cache: the scores pass then overlaps the V stream's memory latency with its own work.
+// When v_block is given, the n V rows there ([n, head_dim], spread over the head_dim iterations)
+// are prefetched meanwhile, so that the value sum finds them in cache: the scores pass then
+// overlaps the V stream's memory latency with its own work.
 template <int kG, typename CT>
 void ScoreWindow(const float* q, int64_t head_dim, const CT* k_window, int64_t slots,
                  float* out, int64_t out_stride, int64_t skip, int64_t n, const CT* v_block) {
   constexpr int kParts = kBlock / kLanes;
-  constexpr int64_t kPrefetchBytes = kBlock * sizeof(CT);  // per d: the block's V over head_dim
+  constexpr int64_t kPrefetchBytes = kBlock * sizeof(CT);  // per d: kBlock V rows over head_dim
+  const int64_t v_bytes = v_block != nullptr ? n * head_dim * sizeof(CT) : 0;
   Vec acc[kG][kParts] = {};
   for (int64_t d = 0; d < head_dim; ++d) {
-    if (v_block != nullptr) {
-      const char* lines = reinterpret_cast<const char*>(v_block) + d * kPrefetchBytes;
-      for (int64_t b = 0; b < kPrefetchBytes; b += 64) __builtin_prefetch(lines + b, 0, 2);
+    for (int64_t b = d * kPrefetchBytes; b < std::min(v_bytes, (d + 1) * kPrefetchBytes); b += 64) {
+      __builtin_prefetch(reinterpret_cast<const char*>(v_block) + b, 0, 2);
     }
     const CT* row = k_window + d * slots;
     Vec r[kParts];
@@ -234,9 +234,9 @@ void AccumulateValues(const float* p, int64_t p_stride, const CT* v, int64_t n, 
   }
 }
 
-// Calls body(std::integral_constant<int, n>) for n = min(group - g0, kMax) heads at a time,
-// g0 = 0, n, ...: the register-blocked loops above take at most kMax heads (their sums must fit
-// in the vector registers).
+// Calls body(g0, std::integral_constant<int, n>()) for the heads [g0, g0 + n), g0 = 0, kMax,
+// 2 kMax, ..., n = min(kMax, group - g0): the register-blocked loops above take at most kMax heads
+// (their sums must fit in the vector registers).
 template <int kMax, typename Body>
 void ForHeadChunks(int64_t group, Body body) {
   static_assert(kMax >= 1 && kMax <= 4, "chunks of 1 to 4 heads");
