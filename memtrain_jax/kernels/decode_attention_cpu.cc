@@ -19,10 +19,10 @@
 //   start [B] int32, slot [] int32    write slot; attended slots of row b: [start[b], slot]
 //   out    [B, H, D]     q's dtype
 // The new K/V are rounded to the cache's dtype (to nearest even) as `astype` would. Attention
-// follows `decoder.cached_attention`: float32 scores of q * D^-1/2 against K, the softmax's
-// unnormalised probabilities rounded to q's dtype before the value sum, the sum divided by the
-// (unrounded) normaliser, the result rounded to q's dtype. A row with no attended slot gets
-// zeros.
+// follows `decoder.cached_attention`: float32 scores of q * D^-1/2 (rounded to bf16 when q and
+// the cache are) against K, the softmax's unnormalised probabilities rounded to q's dtype before
+// the value sum, the sum divided by the (unrounded) normaliser, the result rounded to q's dtype.
+// A row with no attended slot gets zeros.
 
 #include <algorithm>
 #include <atomic>
@@ -32,6 +32,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -62,7 +63,7 @@ inline bf16_bits NarrowBits(float f) {
 inline void Store(float* out, int64_t i, float x) { out[i] = x; }
 inline void Store(bf16_bits* out, int64_t i, float x) { out[i] = NarrowBits(x); }
 
-// x as the cache of element type CT holds it.
+// x as a buffer of element type CT (the cache's, or q's) holds it.
 template <typename CT>
 inline float AsStored(float x) {
   return sizeof(CT) == 2 ? Widen(NarrowBits(x)) : x;
@@ -276,8 +277,15 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
   float* q_scaled = scores + group * len;       // [G, D]
   float* acc = q_scaled + group * head_dim;     // [G, D]
   float* norm = acc + group * head_dim;         // [G]
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  for (int64_t i = 0; i < group * head_dim; ++i) q_scaled[i] = Widen(q[i]) * scale;
+  // q * D^-1/2 as `cached_attention` computes it, in the cache's dtype: with a bf16 q and cache
+  // the scale and the product are rounded to bf16 (exact for D = 64, not for D = 128). (A float32
+  // q keeps its precision against a bf16 cache, where `cached_attention` rounds it to bf16.)
+  using ScaleT = std::conditional_t<sizeof(QT) == 2 && sizeof(CT) == 2, bf16_bits, float>;
+  const double exact_scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  const float scale = AsStored<ScaleT>(static_cast<float>(exact_scale));
+  for (int64_t i = 0; i < group * head_dim; ++i) {
+    q_scaled[i] = AsStored<ScaleT>(Widen(q[i]) * scale);
+  }
 
   // Scores: for each block of slots, every head's dot with the K rows [D, block]. A last block
   // of n < kBlock slots is computed as a whole window that ends or starts with it (the other

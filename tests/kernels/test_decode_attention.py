@@ -82,13 +82,15 @@ def test_float32_matches_a_float64_reference(shape, cache_dtype):
                              atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("q_dtype,cache_dtype", [(jnp.float32, jnp.float32),
                                                  (jnp.bfloat16, jnp.float32),
                                                  (jnp.bfloat16, jnp.bfloat16)])
-def test_matches_the_xla_attention_it_replaces(q_dtype, cache_dtype):
+def test_matches_the_xla_attention_it_replaces(q_dtype, cache_dtype, head_dim):
   """The decoder's cache write and `cached_attention` over the decode mask: the same caches, and
-  with a 16-bit q both round the probabilities to bf16, so they agree to the output's rounding."""
-  batch, heads, kv_heads, head_dim, slots = 6, 9, 3, 64, 96
+  with a 16-bit q both round the probabilities to bf16 (and q * D^-1/2, inexact for D = 128, when
+  the cache is bf16 too), so they agree to the output's rounding."""
+  batch, heads, kv_heads, slots = 6, 9, 3, 96
   rng = np.random.default_rng(1)
   q, k_new, v_new, k_t, v = _inputs(rng, batch, heads, kv_heads, head_dim, slots, q_dtype,
                                     cache_dtype)
