@@ -300,14 +300,35 @@ def agent_documents(tokenizer, num_docs, num_chunks, chunk_tokens, rng):
   return docs
 
 
+def time_programs(sampler) -> dict:
+  """Makes the sampler's prefill and decode programs block and add their wall-clock seconds to the
+  returned dict (keys "prefill", "decode"). Benchmark only: the sampler otherwise dispatches decode
+  while prefill still runs, which these syncs give up (a few ms per call)."""
+  seconds = {"prefill": 0.0, "decode": 0.0}
+
+  def timed(name, program):
+    def run(*args, **kwargs):
+      t0 = time.perf_counter()
+      out = jax.block_until_ready(program(*args, **kwargs))
+      seconds[name] += time.perf_counter() - t0
+      return out
+    return run
+
+  sampler._prefill = timed("prefill", sampler._prefill)
+  sampler._decode = timed("decode", sampler._decode)
+  return seconds
+
+
 def bench_agent_scaling(config, params, tokenizer, chunk_counts, g1, chunk_tokens, memory_tokens,
                         log, repeats=2):
-  """Seconds per chunk of one document of each length; the best of `repeats` interleaved runs."""
+  """Seconds per chunk of one document of each length, and of them in prefill and in decode; the
+  best of `repeats` interleaved runs."""
   short = min(16, memory_tokens)
   agent = AgentConfig(memory_max_tokens=memory_tokens, answer_max_tokens=short, recall_max_tokens=short)
   sampler = Sampler(config, tokenizer, SamplerConfig(prompt_buckets=AGENT_PROMPT_BUCKETS,
                                                      batch_buckets=(1, 2, 4, 8, 16),
                                                      max_new_tokens=memory_tokens))
+  program_seconds = time_programs(sampler)
   rng = np.random.default_rng(0)
   # Warm up the shapes of a memory step and the answer step.
   run_memory_agent(sampler, params, agent_documents(tokenizer, 1, 2, chunk_tokens, rng),
@@ -318,6 +339,7 @@ def bench_agent_scaling(config, params, tokenizer, chunk_counts, g1, chunk_token
   for r in range(repeats):
     for n in chunk_counts:
       before = sampler.num_compiles()
+      before_programs = dict(program_seconds)
       t0 = time.perf_counter()
       # The same seed every repeat: the same samples, hence the same work.
       rollout = run_memory_agent(sampler, params, docs[n], num_rollouts=g1, config=agent,
@@ -327,15 +349,19 @@ def bench_agent_scaling(config, params, tokenizer, chunk_counts, g1, chunk_token
                                                       rollout.rows.kind) if k == 0)
       res = out[n]
       res["runs"].append(dt)
+      res.setdefault("prefill", []).append(program_seconds["prefill"] - before_programs["prefill"])
+      res.setdefault("decode", []).append(program_seconds["decode"] - before_programs["decode"])
       res["loads"].append(os.getloadavg()[0])
       res["memory_tokens"] = memory_tokens_made
       res["compiles"] = res.get("compiles", 0) + sampler.num_compiles() - before
-      log(f"  {n} chunks, run {r + 1}: {dt:.1f} s, {dt / n:.2f} s/chunk, {memory_tokens_made} "
-          f"memory tokens, compiles {sampler.num_compiles() - before}, "
+      log(f"  {n} chunks, run {r + 1}: {dt:.1f} s, {dt / n:.2f} s/chunk (prefill "
+          f"{res['prefill'][-1] / n:.2f}, decode {res['decode'][-1] / n:.2f}), "
+          f"{memory_tokens_made} memory tokens, compiles {sampler.num_compiles() - before}, "
           f"load {res['loads'][-1]:.1f}")
   for n, res in out.items():
     best = int(np.argmin(res["runs"]))
-    res.update(seconds=res["runs"][best], per_chunk=res["runs"][best] / n, load=res["loads"][best])
+    res.update(seconds=res["runs"][best], per_chunk=res["runs"][best] / n, load=res["loads"][best],
+               prefill_per_chunk=res["prefill"][best] / n, decode_per_chunk=res["decode"][best] / n)
   return out
 
 
@@ -530,18 +556,22 @@ def main():
         f"## (3) Memory agent: seconds per chunk (G1 = {g1}, sampled, memory budget "
         f"{memory_tokens} tokens, ~{chunk_words}-word chunks, the trainer's prompt buckets "
         f"{AGENT_PROMPT_BUCKETS})", "",
-        "| chunks | total s | s / chunk | s / chunk, every run | memory tokens generated | load |",
-        "|---|---|---|---|---|---|"]
+        "| chunks | total s | s / chunk | of which prefill | of which decode | s / chunk, every run "
+        "| memory tokens generated | load |",
+        "|---|---|---|---|---|---|---|---|"]
     for n, v in scaling.items():
       every = ", ".join(f"{t / n:.2f}" for t in v["runs"])
-      blocks["3"].append(f"| {n} | {v['seconds']:.1f} | {v['per_chunk']:.2f} | {every} | "
+      blocks["3"].append(f"| {n} | {v['seconds']:.1f} | {v['per_chunk']:.2f} "
+                         f"| {v['prefill_per_chunk']:.2f} | {v['decode_per_chunk']:.2f} | {every} | "
                          f"{v['memory_tokens']} | {v['load']:.1f} |")
     blocks["3"] += [
         "", f"Best of {args.repeats} interleaved runs per length (the same document and seed each "
         f"run). Spread of the best s/chunk (max-min)/min: {100 * spread:.0f}% (goal: flat within "
         "15%). Memory tokens generated per chunk are the same at every length, so the work per "
         "chunk is constant; compare the every-run column and the load before reading a spread as "
-        "a cost of the loop.", ""]
+        "a cost of the loop. Prefill and decode: the seconds per chunk of the sampler's prefill and "
+        "decode programs, each timed to completion (the rest is the agent's host work: prompts, "
+        "tokenizing, recall rows).", ""]
   if "4" in sections:
     log("(4) prefix sharing")
     sharing = bench_prefix_sharing(config, params, tokenizer, 256 if quick else 1024, 8, log)
