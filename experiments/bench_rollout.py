@@ -303,7 +303,8 @@ def agent_documents(tokenizer, num_docs, num_chunks, chunk_tokens, rng):
 def time_programs(sampler) -> dict:
   """Makes the sampler's prefill and decode programs block and add their wall-clock seconds to the
   returned dict (keys "prefill", "decode"). Benchmark only: the sampler otherwise dispatches decode
-  while prefill still runs, which these syncs give up (a few ms per call)."""
+  while prefill still runs, which these syncs give up (the memory agent's seconds per chunk
+  measured the same with and without them: 2.90-3.14 against 2.99-3.15 s)."""
   seconds = {"prefill": 0.0, "decode": 0.0}
 
   def timed(name, program):
