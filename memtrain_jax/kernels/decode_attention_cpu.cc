@@ -165,6 +165,20 @@ inline float ExpInPlace(float* x, int64_t n, float top) {
   return total;
 }
 
+// acc[g] += scalars[g * stride] * row for kG heads, row being kParts vectors of CT loaded and
+// widened once for all of them: the step both register-blocked loops below repeat (over d with
+// q's entries for the scores, over slots with the probabilities for the value sums).
+template <int kG, int kParts, typename CT>
+inline void AddScaledRow(Vec (&acc)[kG][kParts], const CT* row, const float* scalars,
+                         int64_t stride) {
+  Vec r[kParts];
+  for (int c = 0; c < kParts; ++c) r[c] = Load16(row + c * kLanes);
+  for (int g = 0; g < kG; ++g) {
+    const float s = scalars[g * stride];
+    for (int c = 0; c < kParts; ++c) acc[g][c] += s * r[c];
+  }
+}
+
 // Key slots per block of scores: the kBlock sums of up to 4 query heads fill 16 vector registers.
 constexpr int64_t kBlock = 64;
 
@@ -188,13 +202,7 @@ void ScoreWindow(const float* q, int64_t head_dim, const CT* k_window, int64_t s
     for (int64_t b = d * kPrefetchBytes; b < std::min(v_bytes, (d + 1) * kPrefetchBytes); b += 64) {
       __builtin_prefetch(reinterpret_cast<const char*>(v_block) + b, 0, 2);
     }
-    const CT* row = k_window + d * slots;
-    Vec r[kParts];
-    for (int c = 0; c < kParts; ++c) r[c] = Load16(row + c * kLanes);
-    for (int g = 0; g < kG; ++g) {
-      const float qd = q[g * head_dim + d];
-      for (int c = 0; c < kParts; ++c) acc[g][c] += qd * r[c];
-    }
+    AddScaledRow(acc, k_window + d * slots, q + d, head_dim);
   }
   for (int g = 0; g < kG; ++g) {
     if (skip == 0 && n == kBlock) {
@@ -219,15 +227,7 @@ void AccumulateValues(const float* p, int64_t p_stride, const CT* v, int64_t n, 
   for (int g = 0; g < kG; ++g) {
     for (int c = 0; c < kParts; ++c) sum[g][c] = Load16(acc + g * kD + c * kLanes);
   }
-  for (int64_t j = 0; j < n; ++j) {
-    const CT* row = v + j * kD;
-    Vec r[kParts];
-    for (int c = 0; c < kParts; ++c) r[c] = Load16(row + c * kLanes);
-    for (int g = 0; g < kG; ++g) {
-      const float pj = p[g * p_stride + j];
-      for (int c = 0; c < kParts; ++c) sum[g][c] += pj * r[c];
-    }
-  }
+  for (int64_t j = 0; j < n; ++j) AddScaledRow(sum, v + j * kD, p + j, p_stride);
   for (int g = 0; g < kG; ++g) {
     for (int c = 0; c < kParts; ++c) {
       std::memcpy(acc + g * kD + c * kLanes, &sum[g][c], sizeof(Vec));
