@@ -93,7 +93,8 @@ def decode_bytes_per_step(config, params, batch: int, capacity: int, cache_dtype
 def decode_gemm_seconds(config, params, batch: int, repeats: int) -> float:
   """Seconds of one decode step's matmuls alone: `batch` rows through every weight matrix of
   every layer and the output head, the decoder's own `_dense` / `logits_from_hidden`, one jitted
-  program. The floor of a decode step with these matmul kernels, whatever else it does."""
+  program: XLA's matmuls, or the packed-matmul kernel when `params` are the sampler's packed
+  decode weights. The floor of a decode step with these matmuls, whatever else it does."""
   from memtrain_jax.models import decoder
   layers = models.unstack_layers(params)["layers"] if isinstance(params["layers"], dict) \
       else params["layers"]
@@ -169,8 +170,11 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
   sampler.generate(params, prompts, temperature=0.0)  # compile
   ours_total, out = best_time(lambda: sampler.generate(params, prompts, temperature=0.0), repeats)
   assert int(out.lengths.sum()) == batch * new_tokens
-  # The same decode program with XLA's attention instead of the sampler's kernel (when it has one).
-  xla_sampler = Sampler(no_eos, None, dataclasses.replace(sampler.config, decode_attention="xla"))
+  # The same decode program with XLA's attention and matmuls instead of the sampler's CPU kernels
+  # (when it has them).
+  xla_sampler = Sampler(no_eos, None, dataclasses.replace(sampler.config, decode_attention="xla",
+                                                          decode_matmul="xla"))
+  uses_kernels = sampler.attention_kernel is not None or sampler.packed_weights is not None
   # The two programs on their own.
   tokens = np.stack(prompts)
   start = np.zeros((batch,), np.int32)
@@ -182,7 +186,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
 
   def greedy_decode(s, cache, logits, row_start):
     """Sampler s's decode program on a prefill's outputs, every row to `new_tokens`, blocking."""
-    dec = s._decode(params, cache, logits, row_start, np.ones((batch,), bool),
+    dec = s._decode(s.decode_weights(params), cache, logits, row_start, np.ones((batch,), bool),
                     np.int32(new_tokens), SamplingParams.create(0.0, 1.0, 0), np.int32(0),
                     np.int32(0), s.stop)
     jax.block_until_ready(dec.tokens)
@@ -193,7 +197,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
     greedy_decode(xla_sampler, *prefilled)
     return time.perf_counter() - t0
 
-  if sampler.attention_kernel is not None:
+  if uses_kernels:
     timed_xla_decode()  # compile
   for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
@@ -205,7 +209,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
     greedy_decode(sampler, cache, logits, row_start)
     t_decode = min(t_decode, time.perf_counter() - t0)
     cpu_decode = min(cpu_decode, time.process_time() - c0)
-    if sampler.attention_kernel is not None:
+    if uses_kernels:
       t_decode_xla = min(t_decode_xla, timed_xla_decode())
   # Decode feeds new_tokens - 1 tokens through the model (the first comes from prefill).
   decode_flops = sum(config.flops_per_token(prompt_len + i) for i in range(1, new_tokens)) * batch
@@ -231,10 +235,12 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
              decode_step_ms=1e3 * t_decode / (new_tokens - 1),
              decode_step_ms_xla=1e3 * t_decode_xla / (new_tokens - 1),
              decode_attention="kernel" if sampler.attention_kernel is not None else "xla",
+             decode_matmul="kernel" if sampler.packed_weights is not None else "xla",
              decode_mb_per_step=decode_bytes_per_step(config, params, batch, cap,
                                                       sampler.cache_dtype) / 1e6,
              cache_dtype=sampler.cache_dtype.name,
-             gemm_ms=1e3 * decode_gemm_seconds(config, params, batch, 3),
+             gemm_ms=1e3 * decode_gemm_seconds(config, sampler.decode_weights(params), batch, 3),
+             gemm_ms_xla=1e3 * decode_gemm_seconds(config, params, batch, 3),
              attention_ms=1e3 * decode_attention_seconds(
                  config, batch, cap, sampler.cache_dtype, 3, kernel=sampler.attention_kernel),
              attention_ms_xla=1e3 * decode_attention_seconds(config, batch, cap,
@@ -506,9 +512,9 @@ def main():
         "| batch | prefill tok/s | prefill GFLOP/s | decode ms / step | decode GFLOP/s "
         "| decode / prefill | same, by CPU time | MB read / step | memory floor ms / step "
         "| matmuls alone ms / step | attention alone ms / step "
-        "| decode / prefill at the matmul floor | decode ms / step, XLA attention "
-        "| attention alone ms / step, XLA | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| decode / prefill at the matmul floor | decode ms / step, XLA attention and matmuls "
+        "| matmuls alone ms / step, XLA | attention alone ms / step, XLA | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in vs:
       floor_ms = v["decode_mb_per_step"] / 1e3 / bandwidth * 1e3
       blocks["2"].append(
@@ -517,7 +523,8 @@ def main():
           f"{100 * v['cpu_flop_ratio']:.0f}% | {v['decode_mb_per_step']:.0f} | {floor_ms:.0f} | "
           f"{v['gemm_ms']:.0f} | {v['attention_ms']:.0f} | "
           f"{100 * v['flop_ratio'] * v['decode_step_ms'] / v['gemm_ms']:.0f}% | "
-          f"{v['decode_step_ms_xla']:.0f} | {v['attention_ms_xla']:.0f} | {v['load']:.1f} |")
+          f"{v['decode_step_ms_xla']:.0f} | {v['gemm_ms_xla']:.0f} | {v['attention_ms_xla']:.0f} "
+          f"| {v['load']:.1f} |")
     blocks["2"] += [
         "", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
         f"over real context). Each program's time is the best of {args.repeats} runs, prefill and "
@@ -529,7 +536,10 @@ def main():
         f"nothing, so it cannot take less than those bytes over the read bandwidth ({bandwidth:.1f} "
         "GB/s, a sum over 512 MB through XLA:CPU, best of 5). Matmuls alone: the same step's "
         "weight matmuls (every layer's projections and the head, `batch` rows each) and nothing "
-        "else, through the decoder's own matmul, best of 3. Decode / prefill at the matmul floor "
+        "else, through the decoder's own matmul, best of 3: the sampler's "
+        f"({vs[0]['decode_matmul']}: `sampling.decode_matmul`, the CPU kernel "
+        "`kernels.packed_matmul` over weights packed once, when it builds and the compute dtype "
+        "is float32) and XLA's. Decode / prefill at the matmul floor "
         "is the FLOP-rate ratio a decode step that spent no time outside its matmuls would "
         "reach: the ceiling of decode / prefill with these matmul kernels. Where the matmuls "
         "alone take longer than the memory floor, the kernels' rate at `batch` rows (a fraction "
@@ -540,8 +550,9 @@ def main():
         "the multi-threaded CPU kernel `kernels.decode_attention` when it builds, which also "
         "writes the token's K/V into the cache) and through XLA's `cached_attention` (its cache "
         f"in {vs[0]['xla_cache_dtype']}, the sampler's default without the kernel). The decode "
-        "step itself with XLA's attention and that cache is measured in the same loop (XLA "
-        "attention column). Decode ms minus matmuls alone minus attention alone is the rest of "
+        "step itself with XLA's attention and matmuls and that cache is measured in the same loop "
+        "(XLA attention and matmuls column). Decode ms minus matmuls alone minus attention alone "
+        "is the rest of "
         "the step: the cache write (XLA's), norms, RoPE and choosing the token. The kernel reads "
         "only the attended slots (the step's decode attends on average to the prompt and half "
         "the new tokens), XLA's attention the whole capacity.", ""]

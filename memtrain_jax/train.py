@@ -105,6 +105,7 @@ def sampler_config(cfg) -> SamplerConfig:
                        max_new_tokens=budget, stop_strings=stops,
                        cache_dtype=cfg.sampling.cache_dtype,
                        decode_attention=cfg.sampling.decode_attention,
+                       decode_matmul=cfg.sampling.decode_matmul,
                        decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 

@@ -1,8 +1,13 @@
 """Tiny random decoders for sampler and memory-agent tests (no torch, no checkpoint files)."""
 
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from memtrain_jax import models
+from memtrain_jax.models import decoder
 
 
 def tiny_config(vocab_size: int = 256, **overrides) -> models.ModelConfig:
@@ -36,3 +41,30 @@ class IdTokenizer:
 
   def decode(self, ids, skip_special_tokens=False):
     return " ".join(str(int(t)) for t in ids if not (skip_special_tokens and int(t) == 2))
+
+
+def greedy_decode_program(config: models.ModelConfig, params, tokens, cache_start, steps: int):
+  """A jitted `run(step_params, decode_attention=None)`: prefills `tokens` [B, T] (left padding
+  before `cache_start`) with `params`, then takes `steps` greedy decode steps with `step_params`
+  and the `decode_attention` kernel (static), in one `lax.scan`. Returns per step (hidden [B, D],
+  logits [B, V], the chosen tokens [B])."""
+  batch, prompt_len = tokens.shape
+
+  @functools.partial(jax.jit, static_argnames="decode_attention")
+  def run(step_params, decode_attention=None):
+    cache = decoder.init_cache(config, batch, prompt_len + steps)
+    hidden, cache = decoder.forward_with_cache(config, params, tokens, cache, write_index=0,
+                                               cache_start=cache_start, empty_cache=True)
+
+    def step(carry, i):
+      hidden, cache = carry
+      logits = decoder.logits_from_hidden(config, step_params, hidden[:, -1])
+      token = jnp.argmax(logits, -1).astype(jnp.int32)
+      hidden, cache = decoder.forward_with_cache(
+          config, step_params, token[:, None], cache, write_index=prompt_len + i,
+          cache_start=cache_start, decode_attention=decode_attention)
+      return (hidden, cache), (hidden[:, 0], logits, token)
+
+    return jax.lax.scan(step, (hidden[:, -1:], cache), jnp.arange(steps))[1]
+
+  return run

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from memtrain_jax.config_lib import (check_cache_dtype, check_decode_attention,
+from memtrain_jax.config_lib import (check_cache_dtype, check_kernel_setting,
                                      check_decode_step_tokens)
 from memtrain_jax.tasks import longqa, ruler_hotpotqa, searchqa
 
@@ -63,6 +63,7 @@ def eval_config() -> ConfigDict:
   cfg.sampling.cache_dtype = "auto"
   cfg.sampling.decode_step_tokens = 64  # as in training (config_lib.base_config)
   cfg.sampling.decode_attention = "auto"  # as in training: the CPU kernel when it builds
+  cfg.sampling.decode_matmul = "auto"  # as in training: the CPU kernel for float32 compute
 
   # The memory agent's budgets (MemAgent's eval: chunk 5000, memory 1024, answer 1024).
   cfg.agent = ConfigDict()
@@ -327,7 +328,8 @@ def validate_eval_config(cfg: ConfigDict, check_paths: bool = True) -> None:
     if cfg.agent[field] < 1:
       raise ValueError(f"agent.{field}={cfg.agent[field]} must be >= 1")
   check_cache_dtype(cfg.sampling.cache_dtype)
-  check_decode_attention(cfg.sampling.decode_attention)
+  check_kernel_setting(cfg.sampling.decode_attention, "sampling.decode_attention")
+  check_kernel_setting(cfg.sampling.decode_matmul, "sampling.decode_matmul")
   check_decode_step_tokens(cfg.sampling.decode_step_tokens)
   _positive("sampling.prompt_buckets", cfg.sampling.prompt_buckets)
   _positive("sampling.batch_buckets", cfg.sampling.batch_buckets)

@@ -103,6 +103,7 @@ def long_qa_sampler_config(cfg) -> SamplerConfig:
                        max_new_tokens=max(agent.memory_max_tokens, agent.answer_max_tokens),
                        cache_dtype=cfg.sampling.cache_dtype,
                        decode_attention=cfg.sampling.decode_attention,
+                       decode_matmul=cfg.sampling.decode_matmul,
                        decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 
@@ -117,6 +118,7 @@ def search_sampler_config(cfg) -> SamplerConfig:
                        stop_strings=search_rollout.STOP_STRINGS,
                        cache_dtype=cfg.sampling.cache_dtype,
                        decode_attention=cfg.sampling.decode_attention,
+                       decode_matmul=cfg.sampling.decode_matmul,
                        decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 

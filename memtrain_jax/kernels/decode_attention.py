@@ -10,126 +10,21 @@ widened once. SmolLM2-135M, batch 32, all 256 slots attended, 30 layers on 2 cor
 38 ms (12 ms with a bf16 cache), and less when rows attend fewer slots; a decode step at batch 32
 takes 83 ms against 138 ms in f32, 43 against 86 ms in bf16 (`experiments/bench_rollout.py` (2)).
 
-The kernel is C++ compiled on first use with the host's compiler (`$CXX`, else `g++`/`c++`/
-`clang++`) for the host CPU, and cached under `$MEMTRAIN_JAX_KERNEL_CACHE` (default
-`~/.cache/memtrain_jax/kernels`), keyed by the source, jaxlib's version, the compiler and the CPU.
-Without a working compiler `unavailable_reason()` says why, and the sampler's "auto" setting
-falls back to XLA's attention (`models.decoder.cached_attention`), which gives the same result.
+The kernel is C++ (`decode_attention_cpu.cc`), built on first use with the other CPU kernels
+(`kernels.cpu_library`, which says how and where). Without a working compiler the sampler's
+"auto" setting falls back to XLA's attention (`models.decoder.cached_attention`), which gives the
+same result.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
-import pathlib
-import platform
-import shutil
-import subprocess
-import tempfile
-
 import jax
 import jax.numpy as jnp
 
-SOURCE = pathlib.Path(__file__).with_name("decode_attention_cpu.cc")
+from memtrain_jax.kernels import cpu_library
+
 TARGET_NAME = "memtrain_decode_attention_cpu"
-_SYMBOL = "MemtrainDecodeAttention"
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
 _SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16)
-
-
-class KernelUnavailableError(RuntimeError):
-  """The CPU decode-attention kernel could not be built or loaded; the message says why."""
-
-
-def cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("MEMTRAIN_JAX_KERNEL_CACHE")
-                      or pathlib.Path.home() / ".cache" / "memtrain_jax" / "kernels")
-
-
-def find_compiler() -> str | None:
-  for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-    path = shutil.which(name) if name else None
-    if path:
-      return path
-  return None
-
-
-def _cpu_signature() -> str:
-  """What `-march=native` depends on: the CPU's feature flags (Linux), else the processor name."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith(("flags", "Features")):
-          return line
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def build(compiler: str | None = None) -> pathlib.Path:
-  """Compiles the kernel (once per source, jaxlib, compiler and CPU) and returns the library path.
-
-  Raises KernelUnavailableError with the compiler's output when there is no compiler or the
-  build fails.
-  """
-  import jaxlib
-  compiler = compiler or find_compiler()
-  if compiler is None:
-    raise KernelUnavailableError(
-        "no C++ compiler found (tried $CXX, g++, c++, clang++); install one (e.g. `apt install "
-        "g++`) or set sampling.decode_attention='xla'")
-  try:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                             timeout=60).stdout
-  except (OSError, subprocess.SubprocessError) as e:
-    raise KernelUnavailableError(f"C++ compiler {compiler!r} does not run: {e}") from e
-  key = hashlib.sha256("\0".join([
-      SOURCE.read_text(), jaxlib.__version__, version, " ".join(_FLAGS), _cpu_signature(),
-      platform.machine()]).encode()).hexdigest()[:16]
-  library = cache_dir() / f"decode_attention_{key}.so"
-  if library.exists():
-    return library
-  library.parent.mkdir(parents=True, exist_ok=True)
-  # Build to a private name, then rename: concurrent builds (test workers, several hosts on one
-  # home directory) never load a half-written library.
-  with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
-    partial = pathlib.Path(tmp) / library.name
-    command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(partial)]
-    try:
-      done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as e:
-      raise KernelUnavailableError(f"building the decode-attention kernel failed: {e}") from e
-    if done.returncode != 0:
-      raise KernelUnavailableError(
-          f"building the decode-attention kernel failed ({' '.join(command)}):\n"
-          f"{done.stderr[-4000:]}")
-    os.replace(partial, library)
-  return library
-
-
-@functools.cache
-def unavailable_reason() -> str | None:
-  """Builds the kernel if needed and registers it with XLA, once per process (a failure is
-  remembered too, not retried); None on success, else why the kernel is unavailable."""
-  import ctypes
-  try:
-    library = build()
-  except KernelUnavailableError as e:
-    return str(e)
-  try:
-    handler = getattr(ctypes.cdll.LoadLibrary(str(library)), _SYMBOL)
-  except (OSError, AttributeError) as e:
-    return f"loading {library} failed: {e}; delete it to rebuild"
-  jax.ffi.register_ffi_target(TARGET_NAME, jax.ffi.pycapsule(handler), platform="cpu")
-  return None
-
-
-def load() -> None:
-  """Makes the kernel callable; raises KernelUnavailableError saying why it cannot."""
-  reason = unavailable_reason()
-  if reason is not None:
-    raise KernelUnavailableError(reason)
 
 
 def decode_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, k_t: jax.Array,
@@ -149,7 +44,7 @@ def decode_attention(q: jax.Array, k_new: jax.Array, v_new: jax.Array, k_t: jax.
     of q against those slots, computed with float32 scores and sums (zeros for a row with no
     attended slot).
   """
-  load()
+  cpu_library.load()
   b, h, d = q.shape
   kv_heads = k_t.shape[1] if k_t.ndim == 4 else -1
   if (k_t.shape != (b, kv_heads, d, k_t.shape[-1]) or v.shape != (b, kv_heads, k_t.shape[-1], d)

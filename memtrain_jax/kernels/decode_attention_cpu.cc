@@ -25,16 +25,14 @@
 // A row with no attended slot gets zeros.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <memory>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
+#include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -381,7 +379,8 @@ struct Operands {
   QT* out;
 };
 
-// Per-thread buffers: attention's scores and sums, and the new slot's K and V as stored.
+// Per-thread buffers (kept between calls): attention's scores and sums, and the new slot's K and V
+// as stored.
 struct Scratch {
   std::vector<float> attention;
   std::vector<float> self;
@@ -424,30 +423,17 @@ void AttendPair(const Operands<QT, CT>& x, const Dims& dims, int64_t pair, Scrat
   }
 }
 
-// Work shared by the calling thread and the pool's: (row, KV head) pairs handed out one at a
-// time. The caller works too and then waits only for pairs already taken, so the call finishes
-// even when every pool thread is busy elsewhere; the state is shared because a scheduled task
-// may start after the call has returned (it then finds no pair left).
-struct Progress {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> finished{0};
-};
-
 template <int kD, typename QT, typename CT>
 void Attend(ffi::ThreadPool& pool, const Operands<QT, CT>& operands, const Dims& dims) {
-  const int64_t pairs = dims.batch * dims.kv_heads;
-  auto progress = std::make_shared<Progress>();
-  auto work = [x = operands, dims, pairs](Progress& state) {
-    Scratch scratch;
-    for (int64_t pair; (pair = state.next.fetch_add(1)) < pairs;) {
-      AttendPair<kD>(x, dims, pair, scratch);
-      state.finished.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), pairs) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([progress, work] { work(*progress); });
-  work(*progress);
-  while (progress->finished.load(std::memory_order_acquire) < pairs) std::this_thread::yield();
+  // One (row, KV head) pair per piece: pairs are few (batch x KV heads) and each is a whole
+  // attention over the row's slots.
+  memtrain::ParallelFor(pool, dims.batch * dims.kv_heads, /*grain=*/1,
+                        [x = operands, dims](int64_t first, int64_t last) {
+                          thread_local Scratch scratch;
+                          for (int64_t pair = first; pair < last; ++pair) {
+                            AttendPair<kD>(x, dims, pair, scratch);
+                          }
+                        });
 }
 
 template <typename QT, typename CT>

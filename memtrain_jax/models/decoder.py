@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from memtrain_jax.kernels.packed_matmul import PackedWeight
 from memtrain_jax.models import block_attention
 from memtrain_jax.models.config import ModelConfig
 from memtrain_jax.models.params import is_stacked, unembedding
@@ -96,10 +97,15 @@ def _dense(x: jax.Array, w: jax.Array, in_axes: int = 1) -> jax.Array:
   reshapes of contiguous arrays). With the 3-D einsum instead, XLA:CPU computes the weight gradient
   as a dot contracting over (batch, length) and transposes the whole [batch * length, out]
   cotangent first; the 2-D form backpropagates as two plain GEMMs, with no transpose.
+
+  A decode loop's weights may be `PackedWeight`s (`sampling.decode_weights`), multiplied by the
+  CPU packed-matmul kernel instead (float32, no gradient).
   """
+  lead = x.shape[:x.ndim - in_axes]
+  if isinstance(w, PackedWeight):
+    return w(x.reshape(-1, w.in_features)).reshape(*lead, *w.out_shape)
   out_shape = w.shape[:w.ndim - in_axes]
   k = int(np.prod(w.shape[w.ndim - in_axes:]))
-  lead = x.shape[:x.ndim - in_axes]
   y = _matmul(x.reshape(-1, k), w.reshape(-1, k))
   return y.reshape(*lead, *out_shape)
 
@@ -429,10 +435,13 @@ def logits_from_hidden(config: ModelConfig, params: Params, hidden: jax.Array) -
   """float32 logits from hidden states (the matmul in the compute dtype, f32 accumulation)."""
   lead, d = hidden.shape[:-1], hidden.shape[-1]
   rows = hidden.reshape(-1, d)
+  head = unembedding(config, params)
+  if isinstance(head, PackedWeight):
+    return head(rows).reshape(*lead, -1)
   # Contract with the [vocab, embed] table as it lies (tied or not). Written as `hidden @ embed.T`,
   # XLA:CPU folds the transpose only after choosing the matmul kernel, so a bf16 head ran as an
   # f32 matmul over an upcast copy of the table (3x slower per decode step than this form).
-  logits = _mm_rows(rows, unembedding(config, params).astype(config.dtype), jnp.float32)
+  logits = _mm_rows(rows, head.astype(config.dtype), jnp.float32)
   return logits.reshape(*lead, -1)
 
 

@@ -150,5 +150,8 @@ def unstack_layers(params: dict) -> dict:
 
 
 def unembedding(config: ModelConfig, params: dict) -> jax.Array:
-  """The [vocab, embed] output projection (the embedding itself when tied)."""
+  """The [vocab, embed] output projection (the embedding itself when tied), or a decode loop's
+  packed copy of it (`sampling.decode_weights`)."""
+  if "unembedding" in params:
+    return params["unembedding"]
   return params["embed"] if config.tie_embeddings else params["lm_head"]

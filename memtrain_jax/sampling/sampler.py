@@ -14,6 +14,8 @@
 - On the CPU backend a decode step's cache write and attention run as one multi-threaded kernel
   over each row's attended slots (`kernels.decode_attention`, `SamplerConfig.decode_attention`),
   under `jax.shard_map` when the sampler has a mesh; elsewhere, or without a C++ compiler, XLA's.
+  Its float32 matmuls run as a CPU kernel over weights packed once per set of parameters
+  (`kernels.packed_matmul`, `sampling.decode_weights`, `SamplerConfig.decode_matmul`).
 - Completions end on the model's eos ids, `stop_token_ids` or `stop_strings`; the stop token is
   part of the completion. Lengths, not `token == pad_id`, say where a completion ends.
 - Log-probs: `logprobs` under the unmodified policy (temperature 1, no truncation), which is
@@ -35,10 +37,10 @@ import numpy as np
 
 from memtrain_jax import models
 from memtrain_jax import sharding as shd
-from memtrain_jax.config_lib import check_cache_dtype, check_decode_attention
-from memtrain_jax.kernels import decode_attention
+from memtrain_jax.config_lib import check_cache_dtype, check_kernel_setting
+from memtrain_jax.kernels import cpu_library, decode_attention, packed_matmul
 from memtrain_jax.models.config import ModelConfig
-from memtrain_jax.sampling import batching, programs
+from memtrain_jax.sampling import batching, decode_weights, programs
 from memtrain_jax.sampling.logits import SamplingParams
 from memtrain_jax.sampling.stops import build_stop_spec, cut_at_stop_string
 
@@ -69,6 +71,11 @@ class SamplerConfig:
   # builds (`kernels.decode_attention`; else XLA's, with a warning), "kernel" = the kernel or an
   # error, "xla" = XLA's attention everywhere. GPU/TPU use XLA's attention.
   decode_attention: str = "auto"
+  # A decode step's matmuls: "auto" = the CPU packed-matmul kernel for float32 compute on the CPU
+  # backend with unsharded weights (no 'tensor' axis), when it builds (`kernels.packed_matmul`;
+  # else XLA's, with a warning); "kernel" = the kernel or an error; "xla" = XLA's matmuls. The
+  # kernel keeps a float32 copy of the weight matrices, packed once per set of parameters.
+  decode_matmul: str = "auto"
 
 
 def resolve_cache_dtype(cache_dtype: str, model_config: ModelConfig, backend: str,
@@ -102,7 +109,7 @@ def resolve_decode_attention(setting: str, backend: str):
   a warning naming why, on CPU); "kernel" raises `KernelUnavailableError` or, on another backend,
   ValueError instead of falling back.
   """
-  check_decode_attention(setting, "SamplerConfig.decode_attention")
+  check_kernel_setting(setting, "SamplerConfig.decode_attention")
   if setting == "xla":
     return None
   if backend != "cpu":
@@ -110,20 +117,73 @@ def resolve_decode_attention(setting: str, backend: str):
       raise ValueError(f"SamplerConfig.decode_attention='kernel' is a CPU kernel; the backend is "
                        f"{backend!r}: use 'auto' or 'xla'")
     return None
-  reason = decode_attention.unavailable_reason()
+  return decode_attention.decode_attention if _kernels_built(setting) else None
+
+
+def resolve_decode_matmul(setting: str, backend: str, model_config: ModelConfig,
+                          mesh: jax.sharding.Mesh | None = None):
+  """The matmul for `SamplerConfig.decode_matmul` (`kernels.packed_matmul.packed_matmul`, under
+  `shard_map` with a mesh), or None for XLA's matmuls.
+
+  "auto" uses the kernel for float32 compute on the CPU backend when the weights are not split
+  over a 'tensor' mesh axis and the kernels build (else XLA's matmuls, with a warning if the
+  build failed); "kernel" raises ValueError or `KernelUnavailableError` instead of falling back.
+  """
+  check_kernel_setting(setting, "SamplerConfig.decode_matmul")
+  if setting == "xla":
+    return None
+  why_not = None
+  if backend != "cpu":
+    why_not = f"it is a CPU kernel; the backend is {backend!r}"
+  elif np.dtype(model_config.dtype) != np.float32:
+    why_not = (f"it is float32 only; the compute dtype is {np.dtype(model_config.dtype).name} "
+               f"(16-bit matmuls take XLA:CPU's fast path)")
+  elif mesh is not None and mesh.shape.get("tensor", 1) > 1:
+    why_not = (f"it needs whole weights; the mesh splits them over 'tensor' "
+               f"({mesh.shape['tensor']} devices)")
+  if why_not is not None:
+    if setting == "kernel":
+      raise ValueError(f"SamplerConfig.decode_matmul='kernel' cannot be used: {why_not}; use "
+                       f"'auto' or 'xla'")
+    return None
+  if not _kernels_built(setting):
+    return None
+  if mesh is None:
+    return packed_matmul.packed_matmul
+  return shard_packed_matmul(mesh)
+
+
+def _kernels_built(setting: str) -> bool:
+  """Whether the CPU kernels are usable; for "kernel" raises `KernelUnavailableError` if not,
+  for "auto" warns (once per reason)."""
+  reason = cpu_library.unavailable_reason()
   if reason is None:
-    return decode_attention.decode_attention
+    return True
   if setting == "kernel":
-    raise decode_attention.KernelUnavailableError(reason)
+    raise cpu_library.KernelUnavailableError(reason)
   _warn_kernel_fallback(reason)
-  return None
+  return False
 
 
 @functools.cache
 def _warn_kernel_fallback(reason: str) -> None:
   logging.getLogger("memtrain").warning(
-      "decode attention runs on XLA (slower on CPU) because the CPU kernel is unavailable: %s",
-      reason)
+      "decode attention and matmuls run on XLA (slower on CPU) because the CPU kernels are "
+      "unavailable: %s", reason)
+
+
+def shard_packed_matmul(mesh: jax.sharding.Mesh):
+  """`packed_matmul` per shard of the rollout batch; the packed weights are whole on every
+  device (the rollout rules replicate weights when the mesh has no 'tensor' axis)."""
+  batch = shd.logical_to_spec(("batch",), shd.ROLLOUT_RULES)[0]
+  spec = jax.sharding.PartitionSpec
+
+  def matmul(x, panels, n):
+    return jax.shard_map(functools.partial(packed_matmul.packed_matmul, n=n), mesh=mesh,
+                         in_specs=(spec(batch, None), spec()), out_specs=spec(batch, None),
+                         check_vma=False)(x, panels)
+
+  return matmul
 
 
 def shard_decode_attention(kernel, mesh: jax.sharding.Mesh):
@@ -175,6 +235,12 @@ class Sampler:
                                            kernel_writes=self.attention_kernel is not None)
     if self.attention_kernel is not None and mesh is not None:
       self.attention_kernel = shard_decode_attention(self.attention_kernel, mesh)
+    # The decode loop's weights: packed for the CPU matmul kernel, or the parameters as given.
+    matmul = resolve_decode_matmul(config.decode_matmul, backend, model_config, mesh)
+    self.packed_weights = None
+    if matmul is not None:
+      packer = jax.jit(self._traced_pack, static_argnums=1)
+      self.packed_weights = decode_weights.PackedWeightsCache(model_config, matmul, packer)
     self.batch_multiple = 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
     self.rows_per_batch = batching.max_rows(config.batch_buckets, self.batch_multiple)
     self.programs_built: list[tuple] = []  # (program, shapes) per trace, i.e. per compile
@@ -204,6 +270,10 @@ class Sampler:
                             capacity=capacity, cache_dtype=self.cache_dtype,
                             cache_sharding=self._cache_sharding)
 
+  def _traced_pack(self, weights, layout):
+    self.programs_built.append(("pack", len(layout)))
+    return decode_weights.pack_panels(weights, layout)
+
   def _traced_decode(self, params, cache, logits, cache_start, active, limit, sampling, seed,
                      stream, stop):
     capacity = models.cache_capacity(cache)
@@ -211,6 +281,12 @@ class Sampler:
     return programs.decode(self.model_config, params, cache, logits, cache_start, active, limit,
                            sampling, seed, stream, stop, max_new_tokens=self.config.max_new_tokens,
                            decode_attention=self.attention_kernel)
+
+  def decode_weights(self, params: Any) -> Any:
+    """The weights the decode loop runs on: `params`, with its matrices packed for the CPU matmul
+    kernel when the sampler uses it (made once per parameters, `decode_weights.PackedWeightsCache`).
+    """
+    return params if self.packed_weights is None else self.packed_weights(params)
 
   def num_compiles(self) -> int:
     """Programs this sampler has compiled (or fetched from the persistent cache) so far."""
@@ -296,7 +372,7 @@ class Sampler:
     cache, logits, row_start = self._prefill(
         params, self._put_batch(tokens), self._put_batch(cache_start),
         self._put_batch(row_source), capacity=capacity)
-    out = self._decode(params, cache, logits, row_start, self._put_batch(active), np.int32(limit),
+    out = self._decode(self.decode_weights(params), cache, logits, row_start, self._put_batch(active), np.int32(limit),
                        sampling, np.int32(seed), np.int32(stream), self.stop)
     out = jax.device_get(out._replace(cache=None))
     return out

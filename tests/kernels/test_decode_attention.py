@@ -1,8 +1,6 @@
-"""The CPU decode-attention kernel: float64 reference, XLA's attention, sharding, build failures."""
+"""The CPU decode-attention kernel: float64 reference, XLA's attention, sharding, the setting."""
 
-import functools
 import logging
-import stat
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +8,12 @@ import numpy as np
 import pytest
 
 from memtrain_jax import sharding
-from memtrain_jax.config_lib import check_decode_attention
+from memtrain_jax.config_lib import check_kernel_setting
+from memtrain_jax.kernels import cpu_library
 from memtrain_jax.kernels import decode_attention as kernel
 from memtrain_jax.models import decoder
 from memtrain_jax.sampling import sampler as sampler_lib
+from tests.rollout_fixtures import greedy_decode_program, tiny_config, tiny_params
 
 
 def _written(k_new, v_new, k_t, v, slot):
@@ -126,36 +126,16 @@ def test_matches_the_xla_attention_it_replaces(q_dtype, cache_dtype, head_dim):
 def test_decode_steps_of_the_decoder_match_xla_attention(scan_layers):
   """`forward_with_cache` with the kernel, step by step in one jitted loop, against XLA's; the
   layers unrolled or under `lax.scan` (a stacked cache)."""
-  from tests.rollout_fixtures import tiny_config, tiny_params
   config = tiny_config(num_heads=6, num_kv_heads=2, head_dim=16, scan_layers=scan_layers)
   params = tiny_params(config)
   rng = np.random.default_rng(0)
-  prompt_len, steps = 12, 5
-  tokens = jnp.asarray(rng.integers(3, config.vocab_size, (3, prompt_len)), jnp.int32)
-  cache_start = jnp.asarray([0, 4, 9], jnp.int32)
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def run(use_kernel):
-    cache = decoder.init_cache(config, 3, prompt_len + steps)
-    hidden, cache = decoder.forward_with_cache(config, params, tokens, cache, write_index=0,
-                                               cache_start=cache_start, empty_cache=True)
-
-    def step(carry, i):
-      hidden, cache = carry
-      token = jnp.argmax(decoder.logits_from_hidden(config, params, hidden[:, -1:]), -1)
-      hidden, cache = decoder.forward_with_cache(
-          config, params, token.astype(jnp.int32), cache, write_index=prompt_len + i,
-          cache_start=cache_start,
-          decode_attention=kernel.decode_attention if use_kernel else None)
-      return (hidden, cache), hidden[:, 0]
-
-    return jax.lax.scan(step, (hidden[:, -1:], cache), jnp.arange(steps))[1]
-
-  ours, xla = run(True), run(False)
+  tokens = jnp.asarray(rng.integers(3, config.vocab_size, (3, 12)), jnp.int32)
+  run = greedy_decode_program(config, params, tokens, jnp.asarray([0, 4, 9], jnp.int32), steps=5)
+  (ours, _, _), (xla, _, _) = run(params, kernel.decode_attention), run(params)
   np.testing.assert_allclose(np.asarray(ours), np.asarray(xla), atol=1e-5)
   # The kernel is really in the program.
-  assert kernel.TARGET_NAME in run.lower(True).as_text()
-  assert kernel.TARGET_NAME not in run.lower(False).as_text()
+  assert kernel.TARGET_NAME in run.lower(params, kernel.decode_attention).as_text()
+  assert kernel.TARGET_NAME not in run.lower(params).as_text()
 
 
 @pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 4, 2), (8, 1, 1)])
@@ -185,29 +165,6 @@ def test_bad_shapes_and_dtypes_are_refused():
     kernel.decode_attention(*inputs, np.zeros(2, np.int32), 5)
 
 
-def test_build_is_cached_and_rebuilt_for_a_new_cache_dir(tmp_path, monkeypatch):
-  monkeypatch.setenv("MEMTRAIN_JAX_KERNEL_CACHE", str(tmp_path))
-  library = kernel.build()
-  assert library.parent == tmp_path and library.exists()
-  built = library.stat().st_mtime_ns
-  assert kernel.build() == library and library.stat().st_mtime_ns == built
-  assert [p.name for p in tmp_path.iterdir()] == [library.name]  # no leftovers from the build
-
-
-def test_build_failures_name_the_cause(tmp_path, monkeypatch):
-  monkeypatch.setenv("MEMTRAIN_JAX_KERNEL_CACHE", str(tmp_path))
-  monkeypatch.setattr(kernel, "find_compiler", lambda: None)
-  with pytest.raises(kernel.KernelUnavailableError, match="no C.. compiler found.*'xla'"):
-    kernel.build()
-  broken = tmp_path / "broken-c++"
-  broken.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo fake 1.0; exit 0; fi\n"
-                    "echo 'fatal: out of cheese' >&2\nexit 1\n")
-  broken.chmod(broken.stat().st_mode | stat.S_IEXEC)
-  with pytest.raises(kernel.KernelUnavailableError, match="(?s)failed.*out of cheese"):
-    kernel.build(str(broken))
-  assert not any(p.suffix == ".so" for p in tmp_path.iterdir())
-
-
 def test_resolving_the_setting(monkeypatch, caplog):
   assert sampler_lib.resolve_decode_attention("auto", "cpu") is kernel.decode_attention
   assert sampler_lib.resolve_decode_attention("kernel", "cpu") is kernel.decode_attention
@@ -218,32 +175,12 @@ def test_resolving_the_setting(monkeypatch, caplog):
   with pytest.raises(ValueError, match="SamplerConfig.decode_attention='fast'; use one of"):
     sampler_lib.resolve_decode_attention("fast", "cpu")
   with pytest.raises(ValueError, match="sampling.decode_attention='fast'"):
-    check_decode_attention("fast")
+    check_kernel_setting("fast", "sampling.decode_attention")
   # Without the kernel, "auto" falls back to XLA with a warning and "kernel" refuses.
-  monkeypatch.setattr(kernel, "unavailable_reason", lambda: "no compiler here")
+  monkeypatch.setattr(cpu_library, "unavailable_reason", lambda: "no compiler here")
+  sampler_lib._warn_kernel_fallback.cache_clear()  # warned once per reason
   with caplog.at_level(logging.WARNING, logger="memtrain"):
     assert sampler_lib.resolve_decode_attention("auto", "cpu") is None
   assert "no compiler here" in caplog.text
-  with pytest.raises(kernel.KernelUnavailableError, match="no compiler here"):
+  with pytest.raises(cpu_library.KernelUnavailableError, match="no compiler here"):
     sampler_lib.resolve_decode_attention("kernel", "cpu")
-
-
-
-def test_a_failed_build_is_remembered_not_retried(monkeypatch):
-  calls = []
-
-  def failing_build():
-    calls.append(1)
-    raise kernel.KernelUnavailableError("boom")
-
-  monkeypatch.setattr(kernel, "build", failing_build)
-  kernel.unavailable_reason.cache_clear()
-  try:
-    assert kernel.unavailable_reason() == "boom" and kernel.unavailable_reason() == "boom"
-    with pytest.raises(kernel.KernelUnavailableError, match="boom"):
-      kernel.load()
-    assert len(calls) == 1
-  finally:
-    kernel.unavailable_reason.cache_clear()
-    monkeypatch.undo()
-  assert kernel.unavailable_reason() is None  # registering again after a success is harmless

@@ -105,13 +105,15 @@ def test_cache_dtype_resolution():
     Sampler(CONFIG, IdTokenizer(), SamplerConfig(cache_dtype="int8"))
 
 
-def test_the_decode_attention_kernel_changes_no_completion(params):
-  """The CPU kernel and XLA's attention give the same greedy tokens, and log-probs and sampled
-  tokens as close as their float32 sums."""
+@pytest.mark.parametrize("setting", ["decode_attention", "decode_matmul"])
+def test_the_cpu_kernels_change_no_completion(params, setting):
+  """A CPU kernel (attention, or matmuls over packed weights) or XLA: the same greedy tokens, and
+  log-probs and sampled tokens as close as their float32 sums."""
   with_kernel = Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
-  with_xla = Sampler(CONFIG, IdTokenizer(),
-                     dataclasses.replace(SAMPLER_CONFIG, decode_attention="xla"))
-  assert with_kernel.attention_kernel is not None and with_xla.attention_kernel is None
+  with_xla = Sampler(CONFIG, IdTokenizer(), dataclasses.replace(SAMPLER_CONFIG, **{setting: "xla"}))
+  assert with_kernel.attention_kernel is not None and with_kernel.packed_weights is not None
+  assert (with_xla.attention_kernel is None) == (setting == "decode_attention")
+  assert (with_xla.packed_weights is None) == (setting == "decode_matmul")
   prompts = random_prompts(CONFIG.vocab_size, LENGTHS, seed=5)
   for temperature in (0.0, 1.0):
     a = with_kernel.generate(params, prompts, num_samples=2, temperature=temperature, seed=1)
@@ -119,6 +121,17 @@ def test_the_decode_attention_kernel_changes_no_completion(params):
     for ta, tb, la, lb in zip(a.tokens, b.tokens, a.logprobs, b.logprobs):
       np.testing.assert_array_equal(ta, tb)
       np.testing.assert_allclose(la, lb, atol=1e-5)
+
+
+def test_decode_weights_are_packed_once_per_parameters(params):
+  sampler = Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
+  prompts = random_prompts(CONFIG.vocab_size, LENGTHS, seed=6)
+  for _ in range(2):
+    sampler.generate(params, prompts, num_samples=2, temperature=1.0, seed=1)
+  assert sampler.packed_weights.packs == 1
+  sampler.generate(jax.tree.map(lambda x: x * 1.01, params), prompts, temperature=0.0)
+  assert sampler.packed_weights.packs == 2
+  assert [p[0] for p in sampler.programs_built].count("pack") == 1  # compiled once
 
 
 def test_changing_knobs_recompiles_nothing(params, sampler):
@@ -143,12 +156,13 @@ def test_second_identical_call_compiles_nothing(params):
   prompts = random_prompts(CONFIG.vocab_size, [4, 20, 7])  # two prompt buckets
   with CompileCounter() as first:
     a = sampler.generate(params, prompts, num_samples=2, seed=3)
-  # 2 buckets x (prefill + decode); nothing else compiled (host work stays in numpy).
-  assert sampler.num_compiles() == 4 and first.count >= 4
+  # 2 buckets x (prefill + decode) and the decode weights' packing; nothing else compiled (host
+  # work stays in numpy).
+  assert sampler.num_compiles() == 5 and first.count >= 5
   with CompileCounter() as second:
     b = sampler.generate(params, prompts, num_samples=2, seed=3)
   assert second.count == 0, second.names
-  assert sampler.num_compiles() == 4
+  assert sampler.num_compiles() == 5
   for x, y in zip(a.tokens, b.tokens):
     np.testing.assert_array_equal(x, y)  # same seed, same samples
 

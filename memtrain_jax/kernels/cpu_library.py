@@ -1,0 +1,128 @@
+"""Builds the CPU kernels (XLA FFI custom calls) into one library and registers them with XLA.
+
+The kernels are C++ (`*_cpu.cc` here) compiled on first use with the host's compiler (`$CXX`, else
+`g++`/`c++`/`clang++`) for the host CPU, and cached under `$MEMTRAIN_JAX_KERNEL_CACHE` (default
+`~/.cache/memtrain_jax/kernels`), keyed by the sources, jaxlib's version, the compiler and the CPU.
+Without a working compiler `unavailable_reason()` says why, and the sampler's "auto" settings fall
+back to XLA (`sampling.sampler`), which computes the same results.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+
+_HERE = pathlib.Path(__file__).parent
+# Compiled together into one library; the header is shared by the sources (and part of the key).
+SOURCES = (_HERE / "decode_attention_cpu.cc", _HERE / "packed_matmul_cpu.cc")
+HEADERS = (_HERE / "cpu_parallel.h",)
+# XLA custom-call target -> the handler's symbol in the library.
+TARGETS = {
+    "memtrain_decode_attention_cpu": "MemtrainDecodeAttention",
+    "memtrain_packed_matmul_cpu": "MemtrainPackedMatmul",
+}
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
+
+
+class KernelUnavailableError(RuntimeError):
+  """The CPU kernels could not be built or loaded; the message says why."""
+
+
+def cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("MEMTRAIN_JAX_KERNEL_CACHE")
+                      or pathlib.Path.home() / ".cache" / "memtrain_jax" / "kernels")
+
+
+def find_compiler() -> str | None:
+  for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+    path = shutil.which(name) if name else None
+    if path:
+      return path
+  return None
+
+
+def _cpu_signature() -> str:
+  """What `-march=native` depends on: the CPU's feature flags (Linux), else the processor name."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith(("flags", "Features")):
+          return line
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def build(compiler: str | None = None) -> pathlib.Path:
+  """Compiles the kernels (once per sources, jaxlib, compiler and CPU); returns the library path.
+
+  Raises KernelUnavailableError with the compiler's output when there is no compiler or the
+  build fails.
+  """
+  import jaxlib
+  compiler = compiler or find_compiler()
+  if compiler is None:
+    raise KernelUnavailableError(
+        "no C++ compiler found (tried $CXX, g++, c++, clang++); install one (e.g. `apt install "
+        "g++`) or set sampling.decode_attention='xla' and sampling.decode_matmul='xla'")
+  try:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+  except (OSError, subprocess.SubprocessError) as e:
+    raise KernelUnavailableError(f"C++ compiler {compiler!r} does not run: {e}") from e
+  key = hashlib.sha256("\0".join([
+      *(path.read_text() for path in SOURCES + HEADERS), jaxlib.__version__, version,
+      " ".join(_FLAGS), _cpu_signature(), platform.machine()]).encode()).hexdigest()[:16]
+  library = cache_dir() / f"memtrain_kernels_{key}.so"
+  if library.exists():
+    return library
+  library.parent.mkdir(parents=True, exist_ok=True)
+  # Build to a private name, then rename: concurrent builds (test workers, several hosts on one
+  # home directory) never load a half-written library.
+  with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+    partial = pathlib.Path(tmp) / library.name
+    command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{_HERE}",
+               *map(str, SOURCES), "-o", str(partial)]
+    try:
+      done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as e:
+      raise KernelUnavailableError(f"building the CPU kernels failed: {e}") from e
+    if done.returncode != 0:
+      raise KernelUnavailableError(
+          f"building the CPU kernels failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
+    os.replace(partial, library)
+  return library
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+  """Builds the kernels if needed and registers them with XLA, once per process (a failure is
+  remembered too, not retried); None on success, else why the kernels are unavailable."""
+  import ctypes
+  try:
+    library = build()
+  except KernelUnavailableError as e:
+    return str(e)
+  try:
+    loaded = ctypes.cdll.LoadLibrary(str(library))
+    handlers = {target: getattr(loaded, symbol) for target, symbol in TARGETS.items()}
+  except (OSError, AttributeError) as e:
+    return f"loading {library} failed: {e}; delete it to rebuild"
+  for target, handler in handlers.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
+  return None
+
+
+def load() -> None:
+  """Makes the kernels callable; raises KernelUnavailableError saying why they cannot be."""
+  reason = unavailable_reason()
+  if reason is not None:
+    raise KernelUnavailableError(reason)

@@ -1,0 +1,112 @@
+// Small-batch float32 matmul against weights packed in column panels, on XLA's thread pool.
+//
+// A decode step multiplies a few rows (the batch) by every weight matrix once. XLA:CPU's matmul
+// repacks the weight on every call (Eigen's GEMM packs both operands), so at a few rows a step
+// reads and writes each weight about twice. Here the weight is packed once, before the decode
+// loop (`memtrain_jax.kernels.packed_matmul.pack`), into panels of 32 output columns stored k-major:
+//   x      [M, K]           float32
+//   panels [P, K, 32]       float32; panels[p, k, j] = w[32 p + j, k], zero past N (P = ceil(N/32))
+//   y      [M, N]           float32, y = x . w^T
+// A panel is one contiguous stream: for each k, its 32 weights are two 16-lane vectors, and up
+// to 8 rows of x are multiplied into 8 x 32 sums held in registers (an outer product per k). The
+// weight is read once from memory per row block of 8; panels are shared out over the threads.
+// Each output element is one float32 sum over k in order, so results do not depend on the
+// number of threads.
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "cpu_parallel.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kPanel = 32;  // output columns per panel: two 16-lane vectors
+constexpr int64_t kPrefetchSteps = 32;
+typedef float Vec __attribute__((vector_size(16 * sizeof(float))));
+
+inline Vec Load16(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// y[0:kRows, 0:columns] = x[0:kRows, :] . panel, for kRows rows of x (stride k) and one panel.
+template <int kRows>
+void RowsTimesPanel(const float* x, int64_t k, const float* panel, float* y, int64_t y_stride,
+                    int64_t columns) {
+  Vec sums[kRows][2] = {};
+  for (int64_t i = 0; i < k; ++i) {
+    // Both lines of the weights 32 steps (4 KiB) ahead, into the next panel near the end: the
+    // hardware prefetcher alone stops at page boundaries (SmolLM2's decode matmuls at 4 rows: 24
+    // ms a step with this, 29 ms without; prefetching past the last panel is harmless).
+    __builtin_prefetch(panel + (i + kPrefetchSteps) * kPanel);
+    __builtin_prefetch(panel + (i + kPrefetchSteps) * kPanel + 16);
+    const Vec w0 = Load16(panel + i * kPanel), w1 = Load16(panel + i * kPanel + 16);
+    for (int r = 0; r < kRows; ++r) {
+      const float xr = x[r * k + i];
+      sums[r][0] += xr * w0;
+      sums[r][1] += xr * w1;
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    if (columns == kPanel) {
+      std::memcpy(y + r * y_stride, &sums[r][0], sizeof(Vec));
+      std::memcpy(y + r * y_stride + 16, &sums[r][1], sizeof(Vec));
+    } else {
+      float full[kPanel];
+      std::memcpy(full, &sums[r][0], sizeof(Vec));
+      std::memcpy(full + 16, &sums[r][1], sizeof(Vec));
+      std::memcpy(y + r * y_stride, full, columns * sizeof(float));
+    }
+  }
+}
+
+// Panels [first, last) for all m rows: row blocks of 8, then 4, 2 and 1.
+void Panels(const float* x, int64_t m, int64_t k, const float* panels, int64_t n, float* y,
+            int64_t first, int64_t last) {
+  for (int64_t p = first; p < last; ++p) {
+    const float* panel = panels + p * k * kPanel;
+    const int64_t column = p * kPanel, columns = std::min(kPanel, n - column);
+    int64_t r = 0;
+    for (; r + 8 <= m; r += 8) RowsTimesPanel<8>(x + r * k, k, panel, y + r * n + column, n, columns);
+    for (; r + 4 <= m; r += 4) RowsTimesPanel<4>(x + r * k, k, panel, y + r * n + column, n, columns);
+    for (; r + 2 <= m; r += 2) RowsTimesPanel<2>(x + r * k, k, panel, y + r * n + column, n, columns);
+    for (; r < m; ++r) RowsTimesPanel<1>(x + r * k, k, panel, y + r * n + column, n, columns);
+  }
+}
+
+ffi::Error PackedMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                            ffi::Buffer<ffi::F32> panels, ffi::Result<ffi::Buffer<ffi::F32>> y) {
+  const auto xd = x.dimensions(), pd = panels.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || pd.size() != 3 || yd.size() != 2 || pd[2] != kPanel || pd[1] != xd[1] ||
+      yd[0] != xd[0] || yd[1] > pd[0] * kPanel || yd[1] <= (pd[0] - 1) * kPanel) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "memtrain packed matmul: expected x [M, K], panels [ceil(N/32), K, 32], "
+                      "y [M, N]");
+  }
+  const int64_t m = xd[0], k = xd[1], n = yd[1], num_panels = pd[0];
+  const float* x_data = x.typed_data();
+  const float* panel_data = panels.typed_data();
+  float* y_data = y->typed_data();
+  // About 256 KiB of weights per piece: enough work to pay for handing it to another thread.
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (k * kPanel));
+  memtrain::ParallelFor(pool, num_panels, grain,
+                        [=](int64_t first, int64_t last) {
+                          Panels(x_data, m, k, panel_data, n, y_data, first, last);
+                        });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MemtrainPackedMatmul, PackedMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // panels
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // y
