@@ -117,6 +117,20 @@ def decode_gemm_seconds(config, params, batch: int, repeats: int) -> float:
   return seconds
 
 
+def decode_gemm_by_rows(config, params, rows, log) -> dict:
+  """{rows: (kernel ms, XLA ms)} of `decode_gemm_seconds` over the sampler's packed decode weights
+  and over `params`; empty when the sampler does not pack them (bf16, no compiler)."""
+  packed = Sampler(config, None, SamplerConfig()).decode_weights(params)
+  if packed is params:
+    return {}
+  out = {}
+  for r in rows:
+    out[r] = (1e3 * decode_gemm_seconds(config, packed, r, 3),
+              1e3 * decode_gemm_seconds(config, params, r, 3))
+    log(f"  matmuls alone at {r} rows: kernel {out[r][0]:.1f} ms, XLA {out[r][1]:.1f} ms")
+  return out
+
+
 def decode_attention_seconds(config, batch: int, capacity: int, cache_dtype, repeats: int,
                              kernel=None) -> float:
   """Seconds of one decode step's attention alone: every layer's attention of `batch`
@@ -556,6 +570,17 @@ def main():
         "the step: the cache write (XLA's), norms, RoPE and choosing the token. The kernel reads "
         "only the attended slots (the step's decode attends on average to the prompt and half "
         "the new tokens), XLA's attention the whole capacity.", ""]
+    sweep = decode_gemm_by_rows(config, params, (1, 2, 4, 8, 16, 32, 64), log)
+    if sweep:
+      blocks["2"] += [
+          "Matmuls alone by rows (the memory agent decodes 4 rows at a time, the main job's "
+          "recall probes up to 16), ms per step, best of 3:", "",
+          "| rows | " + " | ".join(str(r) for r in sweep) + " |",
+          "|---|" + "---|" * len(sweep),
+          "| packed-matmul kernel | " + " | ".join(f"{v[0]:.1f}" for v in sweep.values()) + " |",
+          "| XLA | " + " | ".join(f"{v[1]:.1f}" for v in sweep.values()) + " |",
+          "| XLA / kernel | " + " | ".join(f"{v[1] / v[0]:.2f}x" for v in sweep.values()) + " |",
+          ""]
   if "3" in sections:
     log("(3) memory agent time per chunk")
     chunk_counts = (1, 2) if quick else (2, 4, 8, 16)

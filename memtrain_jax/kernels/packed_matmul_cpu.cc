@@ -8,8 +8,10 @@
 //   panels [P, K, 32]       float32; panels[p, k, j] = w[32 p + j, k], zero past N (P = ceil(N/32))
 //   y      [M, N]           float32, y = x . w^T
 // A panel is one contiguous stream: for each k, its 32 weights are two 16-lane vectors, and up
-// to 8 rows of x are multiplied into 8 x 32 sums held in registers (an outer product per k). The
-// weight is read once from memory per row block of 8; panels are shared out over the threads.
+// to 12 rows of x are multiplied into 12 x 32 sums held in registers (an outer product per k; 24
+// of the 32 vector registers). The panel is read from memory for the first row block and from
+// cache for the others; panels are shared out over the threads. Blocks of 12 rows beat 8 (SmolLM2
+// decode matmuls at 16 rows: 34 against 39 ms a step; 32 rows: 44 against 48) and 10, 14 or 16.
 // Each output element is one float32 sum over k in order, so results do not depend on the
 // number of threads.
 
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
@@ -66,17 +69,24 @@ void RowsTimesPanel(const float* x, int64_t k, const float* panel, float* y, int
   }
 }
 
-// Panels [first, last) for all m rows: row blocks of 8, then 4, 2 and 1.
+// Panels [first, last) for all m rows: row blocks of 12, then 8, 4, 2 and 1.
 void Panels(const float* x, int64_t m, int64_t k, const float* panels, int64_t n, float* y,
             int64_t first, int64_t last) {
   for (int64_t p = first; p < last; ++p) {
     const float* panel = panels + p * k * kPanel;
     const int64_t column = p * kPanel, columns = std::min(kPanel, n - column);
     int64_t r = 0;
-    for (; r + 8 <= m; r += 8) RowsTimesPanel<8>(x + r * k, k, panel, y + r * n + column, n, columns);
-    for (; r + 4 <= m; r += 4) RowsTimesPanel<4>(x + r * k, k, panel, y + r * n + column, n, columns);
-    for (; r + 2 <= m; r += 2) RowsTimesPanel<2>(x + r * k, k, panel, y + r * n + column, n, columns);
-    for (; r < m; ++r) RowsTimesPanel<1>(x + r * k, k, panel, y + r * n + column, n, columns);
+    const auto blocks_of = [&](auto rows) {
+      constexpr int kRows = decltype(rows)::value;
+      for (; r + kRows <= m; r += kRows) {
+        RowsTimesPanel<kRows>(x + r * k, k, panel, y + r * n + column, n, columns);
+      }
+    };
+    blocks_of(std::integral_constant<int, 12>());
+    blocks_of(std::integral_constant<int, 8>());
+    blocks_of(std::integral_constant<int, 4>());
+    blocks_of(std::integral_constant<int, 2>());
+    blocks_of(std::integral_constant<int, 1>());
   }
 }
 
