@@ -7,8 +7,8 @@ reads only each row's attended slots, and writes the token's K/V into the cache 
 cache buffers are aliased to its results), which XLA:CPU cannot do for a bf16 cache. The query
 heads that share a KV head are scored and summed together, so each K and V row is read and
 widened once. SmolLM2-135M, batch 32, all 256 slots attended, 30 layers on 2 cores: 16 ms against
-38 ms (12 ms with a bf16 cache), and less when rows attend fewer slots; a decode step at batch 32
-takes 83 ms against 138 ms in f32, 43 against 86 ms in bf16 (`experiments/bench_rollout.py` (2)).
+40 ms (12 ms with a bf16 cache), and less when rows attend fewer slots
+(`experiments/bench_rollout.py` (2)).
 
 The kernel is C++ (`decode_attention_cpu.cc`), built on first use with the other CPU kernels
 (`kernels.cpu_library`, which says how and where). Without a working compiler the sampler's
