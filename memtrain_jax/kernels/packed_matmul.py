@@ -6,7 +6,8 @@ step reads and writes each weight about twice. `pack` lays a weight out once as 
 it (`packed_matmul_cpu.cc`: panels of 32 output columns, k-major), and the sampler packs the
 weights once per set of parameters, for all the decode loops that use them
 (`sampling.decode_weights`). SmolLM2-135M's decode matmuls, 30 layers and the output projection
-on 2 cores, f32: 24 ms against 41 ms at 4 rows, 48 against 58 ms at 32, 73 against 79 at 64.
+on 2 cores, f32: 19 ms against XLA's 32 ms at 4 rows, 40 against 51 ms at 32, 62 against 73 at
+64, and the same (19 against 20 ms) at 1 row (`experiments/bench_rollout.py` (2)).
 
 `PackedWeight` stands in for a weight in the params pytree: `models.decoder` multiplies by it with
 the kernel instead of XLA's matmul. Float32 only: bf16 matmuls take XLA:CPU's fast path (AMX /
