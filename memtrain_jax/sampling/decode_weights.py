@@ -83,11 +83,16 @@ class PackedWeightsCache:
     self._packed: dict[str, PackedWeight] | None = None
     self.packs = 0  # how many times parameters were packed
 
+  def clear(self) -> None:
+    """Frees the packed copy (the next call packs again)."""
+    self._packed = None
+    self._leaves = []
+
   def __call__(self, params: Any) -> Any:
     leaves = jax.tree_util.tree_leaves(params)
     if (self._packed is None or len(leaves) != len(self._leaves)
         or any(ref() is not leaf for ref, leaf in zip(self._leaves, leaves))):
-      self._packed = None  # free the old copy before making the new one
+      self.clear()  # free the old copy before making the new one
       self._packed = pack_matrices(self._config, params, self._matmul, self._packer)
       self._leaves = [weakref.ref(leaf) for leaf in leaves]
       self.packs += 1

@@ -288,6 +288,13 @@ class Sampler:
     """
     return params if self.packed_weights is None else self.packed_weights(params)
 
+  def release_decode_weights(self) -> None:
+    """Frees the packed copy of the weights (`decode_weights`) until the next `generate`: for a
+    caller whose parameters are about to change (a training step's update), so that the copy
+    does not sit in memory beside the update's buffers."""
+    if self.packed_weights is not None:
+      self.packed_weights.clear()
+
   def num_compiles(self) -> int:
     """Programs this sampler has compiled (or fetched from the persistent cache) so far."""
     return len(self.programs_built)

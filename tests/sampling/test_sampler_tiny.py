@@ -129,8 +129,12 @@ def test_decode_weights_are_packed_once_per_parameters(params):
   for _ in range(2):
     sampler.generate(params, prompts, num_samples=2, temperature=1.0, seed=1)
   assert sampler.packed_weights.packs == 1
-  sampler.generate(jax.tree.map(lambda x: x * 1.01, params), prompts, temperature=0.0)
+  new_params = jax.tree.map(lambda x: x * 1.01, params)
+  sampler.generate(new_params, prompts, temperature=0.0)
   assert sampler.packed_weights.packs == 2
+  sampler.release_decode_weights()  # freed: the same parameters are packed again
+  sampler.generate(new_params, prompts, temperature=0.0)
+  assert sampler.packed_weights.packs == 3
   assert [p[0] for p in sampler.programs_built].count("pack") == 1  # compiled once
 
 
