@@ -120,7 +120,7 @@ def decode_gemm_seconds(config, params, batch: int, repeats: int) -> float:
 def decode_gemm_by_rows(config, params, rows, log) -> dict:
   """{rows: (kernel ms, XLA ms)} of `decode_gemm_seconds` over the sampler's packed decode weights
   and over `params`; empty when the sampler does not pack them (bf16, no compiler)."""
-  packed = Sampler(config, None, SamplerConfig()).decode_weights(params)
+  packed = Sampler(config, None, SamplerConfig()).decode_params(params)
   if packed is params:
     return {}
   out = {}
@@ -200,7 +200,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
 
   def greedy_decode(s, cache, logits, row_start):
     """Sampler s's decode program on a prefill's outputs, every row to `new_tokens`, blocking."""
-    dec = s._decode(s.decode_weights(params), cache, logits, row_start, np.ones((batch,), bool),
+    dec = s._decode(s.decode_params(params), cache, logits, row_start, np.ones((batch,), bool),
                     np.int32(new_tokens), SamplingParams.create(0.0, 1.0, 0), np.int32(0),
                     np.int32(0), s.stop)
     jax.block_until_ready(dec.tokens)
@@ -253,7 +253,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
              decode_mb_per_step=decode_bytes_per_step(config, params, batch, cap,
                                                       sampler.cache_dtype) / 1e6,
              cache_dtype=sampler.cache_dtype.name,
-             gemm_ms=1e3 * decode_gemm_seconds(config, sampler.decode_weights(params), batch, 3),
+             gemm_ms=1e3 * decode_gemm_seconds(config, sampler.decode_params(params), batch, 3),
              gemm_ms_xla=1e3 * decode_gemm_seconds(config, params, batch, 3),
              attention_ms=1e3 * decode_attention_seconds(
                  config, batch, cap, sampler.cache_dtype, 3, kernel=sampler.attention_kernel),

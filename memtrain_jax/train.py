@@ -438,7 +438,7 @@ def train(cfg, workdir: str) -> dict[str, float]:
                                    probe_objective)
         del rollout_params
         # The packed decode weights were made for these parameters, which the update replaces.
-        sampler.release_decode_weights()
+        sampler.release_decode_params()
       stats = adv_lib.fill_advantages(batch.rows, batch.correct, adv_cfg)
       kept = adv_lib.select_rows(batch.rows, stats.row_keep)
       batch_metrics = (search_metrics(batch) if retriever is not None else

@@ -13,11 +13,11 @@
 namespace memtrain {
 
 // Calls body(begin, end) over [0, items) in pieces of up to `grain` items, on the calling thread
-// and on the pool's threads. Pieces are claimed one at a time, so uneven pieces
-// balance. The caller works too and then waits only for pieces already claimed: the call
-// finishes even when every pool thread is busy elsewhere. The state is shared because a
-// scheduled task may start after the call has returned; it then finds nothing left to claim and
-// never touches `body`'s captures.
+// and on the pool's threads. Pieces are claimed one at a time, so uneven pieces balance. The
+// caller works too and then waits only for pieces already claimed: the call finishes even when
+// every pool thread is busy elsewhere. The state is shared because a scheduled task may start
+// after the call has returned; it then finds nothing left to claim and never touches `body`'s
+// captures.
 template <typename Body>
 void ParallelFor(xla::ffi::ThreadPool& pool, int64_t items, int64_t grain, const Body& body) {
   struct State {
@@ -36,8 +36,7 @@ void ParallelFor(xla::ffi::ThreadPool& pool, int64_t items, int64_t grain, const
     }
   };
   const int64_t pieces = (items + grain - 1) / grain;
-  const int64_t helpers =
-      std::min<int64_t>(pool.num_threads(), pieces) - 1;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), pieces) - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([state, work] { work(*state); });
   work(*state);
   while (state->finished.load(std::memory_order_acquire) < items) std::this_thread::yield();

@@ -71,4 +71,5 @@ class PackedWeight:
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """x [M, K] -> [M, *out_shape] float32."""
-    return self.matmul(x, self.panels, math.prod(self.out_shape)).reshape(x.shape[0], *self.out_shape)
+    y = self.matmul(x, self.panels, math.prod(self.out_shape))
+    return y.reshape(x.shape[0], *self.out_shape)

@@ -2,8 +2,8 @@
 //
 // A decode step multiplies a few rows (the batch) by every weight matrix once. XLA:CPU's matmul
 // repacks the weight on every call (Eigen's GEMM packs both operands), so at a few rows a step
-// reads and writes each weight about twice. Here the weight is packed once, before the decode
-// loop (`memtrain_jax.kernels.packed_matmul.pack`), into panels of 32 output columns stored k-major:
+// reads and writes each weight about twice. Here the weight is packed once per set of parameters
+// (`memtrain_jax.kernels.packed_matmul.pack`) into panels of 32 output columns stored k-major:
 //   x      [M, K]           float32
 //   panels [P, K, 32]       float32; panels[p, k, j] = w[32 p + j, k], zero past N (P = ceil(N/32))
 //   y      [M, N]           float32, y = x . w^T

@@ -14,7 +14,7 @@
 - On the CPU backend a decode step's cache write and attention run as one multi-threaded kernel
   over each row's attended slots (`kernels.decode_attention`, `SamplerConfig.decode_attention`),
   under `jax.shard_map` when the sampler has a mesh; elsewhere, or without a C++ compiler, XLA's.
-  Its float32 matmuls run as a CPU kernel over weights packed once per set of parameters
+  A decode step's float32 matmuls run as a CPU kernel over weights packed once per parameters
   (`kernels.packed_matmul`, `sampling.decode_weights`, `SamplerConfig.decode_matmul`).
 - Completions end on the model's eos ids, `stop_token_ids` or `stop_strings`; the stop token is
   part of the completion. Lengths, not `token == pad_id`, say where a completion ends.
@@ -282,14 +282,14 @@ class Sampler:
                            sampling, seed, stream, stop, max_new_tokens=self.config.max_new_tokens,
                            decode_attention=self.attention_kernel)
 
-  def decode_weights(self, params: Any) -> Any:
+  def decode_params(self, params: Any) -> Any:
     """The weights the decode loop runs on: `params`, with its matrices packed for the CPU matmul
     kernel when the sampler uses it (made once per parameters, `decode_weights.PackedWeightsCache`).
     """
     return params if self.packed_weights is None else self.packed_weights(params)
 
-  def release_decode_weights(self) -> None:
-    """Frees the packed copy of the weights (`decode_weights`) until the next `generate`: for a
+  def release_decode_params(self) -> None:
+    """Frees the packed copy of the weights (`decode_params`) until the next `generate`: for a
     caller whose parameters are about to change (a training step's update), so that the copy
     does not sit in memory beside the update's buffers."""
     if self.packed_weights is not None:
@@ -379,7 +379,8 @@ class Sampler:
     cache, logits, row_start = self._prefill(
         params, self._put_batch(tokens), self._put_batch(cache_start),
         self._put_batch(row_source), capacity=capacity)
-    out = self._decode(self.decode_weights(params), cache, logits, row_start, self._put_batch(active), np.int32(limit),
-                       sampling, np.int32(seed), np.int32(stream), self.stop)
+    out = self._decode(self.decode_params(params), cache, logits, row_start,
+                       self._put_batch(active), np.int32(limit), sampling, np.int32(seed),
+                       np.int32(stream), self.stop)
     out = jax.device_get(out._replace(cache=None))
     return out

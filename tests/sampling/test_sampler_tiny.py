@@ -132,7 +132,7 @@ def test_decode_weights_are_packed_once_per_parameters(params):
   new_params = jax.tree.map(lambda x: x * 1.01, params)
   sampler.generate(new_params, prompts, temperature=0.0)
   assert sampler.packed_weights.packs == 2
-  sampler.release_decode_weights()  # freed: the same parameters are packed again
+  sampler.release_decode_params()  # freed: the same parameters are packed again
   sampler.generate(new_params, prompts, temperature=0.0)
   assert sampler.packed_weights.packs == 3
   assert [p[0] for p in sampler.programs_built].count("pack") == 1  # compiled once
