@@ -335,6 +335,7 @@ class Sampler:
     sampling = SamplingParams.create(temperature, top_p, top_k)
     if self.mesh is not None:
       params = jax.device_put(params, self._param_shardings)  # no copy when already placed
+    step_params = self.decode_params(params)  # the decode loops' weights, once per call
 
     keys = None if not self.config.share_prefix else [p.tobytes() for p in prompts]
     plan = batching.plan_microbatches(
@@ -348,7 +349,8 @@ class Sampler:
     sampling_logprobs: list[np.ndarray | None] = [None] * num_rows
     stopped = np.zeros((num_rows,), bool)
     for stream, micro in enumerate(plan):
-      out = self._run_microbatch(params, prompts, micro, limit, sampling, seed, stream)
+      out = self._run_microbatch(params, step_params, prompts, micro, limit, sampling, seed,
+                                 stream)
       for i, r in enumerate(micro.out_rows):
         n = int(out.lengths[i])
         toks = out.tokens[i, :n]
@@ -364,8 +366,10 @@ class Sampler:
     lengths = np.asarray([len(t) for t in tokens], np.int32)
     return SampleBatch(tokens, logprobs, sampling_logprobs, lengths, stopped)
 
-  def _run_microbatch(self, params, prompts, micro: batching.MicroBatch, limit: int,
+  def _run_microbatch(self, params, step_params, prompts, micro: batching.MicroBatch, limit: int,
                       sampling: SamplingParams, seed: int, stream: int):
+    """One prefill of the micro-batch's prompts with `params`, one decode loop with `step_params`
+    (`decode_params`)."""
     num_unique = batching.pick_bucket(len(micro.unique_prompts), self.config.batch_buckets,
                                       self.batch_multiple)
     num_rows = batching.pick_bucket(len(micro.out_rows), self.config.batch_buckets,
@@ -379,7 +383,7 @@ class Sampler:
     cache, logits, row_start = self._prefill(
         params, self._put_batch(tokens), self._put_batch(cache_start),
         self._put_batch(row_source), capacity=capacity)
-    out = self._decode(self.decode_params(params), cache, logits, row_start,
+    out = self._decode(step_params, cache, logits, row_start,
                        self._put_batch(active), np.int32(limit), sampling, np.int32(seed),
                        np.int32(stream), self.stop)
     out = jax.device_get(out._replace(cache=None))

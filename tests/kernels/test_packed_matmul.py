@@ -3,6 +3,7 @@ the sampler's packed-weights cache and setting."""
 
 import gc
 import logging
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,6 @@ import pytest
 from memtrain_jax import sharding
 from memtrain_jax.kernels import cpu_library
 from memtrain_jax.kernels import packed_matmul as kernel
-from memtrain_jax.models import decoder
 from memtrain_jax.sampling import decode_weights
 from memtrain_jax.sampling import sampler as sampler_lib
 from tests.rollout_fixtures import greedy_decode_program, tiny_config, tiny_params
@@ -35,7 +35,7 @@ def test_pack_lays_out_panels_of_32_output_columns_k_major():
                                 wo.reshape(4, 6).T)
 
 
-# Rows: every row-block path (8, 4, 2, 1 and their mixes), below and above the 2 threads'
+# Rows: every row-block path (12, 8, 4, 2, 1 and their mixes), below and above the 2 threads'
 # count; columns: one partial panel, whole panels, a partial last panel, many panels (pieces).
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 8, 13, 17, 33])
 @pytest.mark.parametrize("k,n", [(5, 7), (64, 32), (48, 200), (16, 2100)])
@@ -113,7 +113,7 @@ def test_the_cache_packs_once_per_parameters_and_holds_no_old_ones():
       np.asarray(kernel.pack(new["embed"] if config.tie_embeddings else new["lm_head"])))
   # Only weak references: the old parameters are freed once their owner drops them.
   probe = params["layers"][0]["wq"]
-  ref = __import__("weakref").ref(probe)
+  ref = weakref.ref(probe)
   del params, first, again, probe
   gc.collect()
   assert ref() is None
