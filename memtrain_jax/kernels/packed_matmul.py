@@ -6,8 +6,14 @@ step reads and writes each weight about twice. `pack` lays a weight out once as 
 it (`packed_matmul_cpu.cc`: panels of 32 output columns, k-major), and the sampler packs the
 weights once per set of parameters, for all the decode loops that use them
 (`sampling.decode_weights`). SmolLM2-135M's decode matmuls, 30 layers and the output projection
-on 2 cores, f32: 19 ms against XLA's 32 ms at 4 rows, 40 against 51 ms at 32, 62 against 73 at
-64, and the same (19 against 20 ms) at 1 row (`experiments/bench_rollout.py` (2)).
+on 2 cores, f32: 19.5 ms against XLA's 32 ms at 4 rows, 38 against 53 ms at 32, 58 against 74 at
+64, and the same (20 against 20 ms) at 1 row (`experiments/bench_rollout.py` (2)).
+
+Tried and dropped: 12-wide panels with x transposed into 16-row vectors, each weight broadcast
+against them, so that 32 rows take one pass over a panel (16 flops per weight byte against the
+12-row block's 6). It took the matmuls alone at 32 rows from 38 to 35.6 ms but left the decode
+step unchanged (62.6 against 62.8 ms, same-run A/B; a profile gives both kernels ~40 ms of the
+step): within a step, after attention has streamed the K/V cache, both wait on memory.
 
 `PackedWeight` stands in for a weight in the params pytree: `models.decoder` multiplies by it with
 the kernel instead of XLA's matmul. Float32 only: bf16 matmuls take XLA:CPU's fast path (AMX /
