@@ -22,8 +22,9 @@ def test_cos_sin_match_a_numpy_reference():
   angles = positions[..., None].astype(np.float64) * inv_freq
   angles = np.concatenate([angles, angles], axis=-1)
   assert cos.shape == sin.shape == (2, 4, dim)
-  np.testing.assert_allclose(np.asarray(cos), np.cos(angles), atol=2e-4)
-  np.testing.assert_allclose(np.asarray(sin), np.sin(angles), atol=2e-4)
+  # float32 angles up to 4095 rad carry ~2e-4 of rounding; a wrong layout is off by O(1).
+  np.testing.assert_allclose(np.asarray(cos), np.cos(angles), atol=1e-3)
+  np.testing.assert_allclose(np.asarray(sin), np.sin(angles), atol=1e-3)
 
 
 def _count(op: str, compiled_text: str) -> int:
@@ -32,8 +33,8 @@ def _count(op: str, compiled_text: str) -> int:
 
 @pytest.mark.parametrize("program", ["forward", "gradient", "decode step"])
 def test_cos_and_sin_are_computed_once_per_program(program):
-  """Without the barrier in `rope_cos_sin` XLA fused cos and sin into every layer's queries and
-  keys (SmolLM2's prefill computed them 150 times, ~4% of its time)."""
+  """Without the barrier in `rope_cos_sin` XLA fused cos and sin into every layer's query and key
+  fusions (SmolLM2's prefill program held 150 copies of each, ~4% of its time)."""
   params = tiny_params(CONFIG)
   tokens = jnp.asarray(np.arange(24).reshape(2, 12) % CONFIG.vocab_size, jnp.int32)
   if program == "forward":
