@@ -176,7 +176,9 @@ def decode_attention_seconds(config, batch: int, capacity: int, cache_dtype, rep
 
 def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_torch=True,
                    repeats=2):
-  """(ours generate tok/s, ours decode-only tok/s, prefill tok/s, torch tok/s, flop ratio)."""
+  """(1) and (2) at one batch size: a dict of ours and torch's generate and decode-only tok/s,
+  prefill and decode FLOP rates and their ratio, the decode step with XLA's kernels, and each
+  side's matmuls and attention alone."""
   no_eos = config.replace(eos_token_ids=())  # both sides generate exactly `new_tokens`
   sampler = Sampler(no_eos, None, SamplerConfig(prompt_buckets=(prompt_len,),
                                                 batch_buckets=(batch,), max_new_tokens=new_tokens))
@@ -229,21 +231,23 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
   decode_flops = sum(config.flops_per_token(prompt_len + i) for i in range(1, new_tokens)) * batch
   prefill_flops = sum(config.flops_per_token(i + 1) for i in range(prompt_len)) * batch
   flop_ratio = (decode_flops / t_decode) / (prefill_flops / t_prefill)
-  torch_tok_s = torch_gemm_ms = float("nan")
+  torch_tok_s = torch_decode_tok_s = torch_gemm_ms = float("nan")
   if with_torch:
     # In a child process: torch's thread pool and memory stay out of the later sections (with
     # torch loaded in this process, (3) measured up to 2x slower than on its own).
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
-      seconds, torch_gemm = pool.submit(torch_generate_seconds, tokens, prompt_len, new_tokens,
-                                        config.dtype == np.dtype(jax.numpy.bfloat16),
-                                        repeats).result()
+      seconds, torch_prefill, torch_gemm = pool.submit(
+          torch_generate_seconds, tokens, prompt_len, new_tokens,
+          config.dtype == np.dtype(jax.numpy.bfloat16), repeats).result()
     torch_tok_s = batch * new_tokens / seconds
+    # As ours: the new_tokens - 1 tokens after the one that prefill's logits give.
+    torch_decode_tok_s = batch * (new_tokens - 1) / (seconds - torch_prefill)
     torch_gemm_ms = 1e3 * torch_gemm
   res = dict(batch=batch, ours_tok_s=batch * new_tokens / ours_total,
              ours_decode_tok_s=batch * (new_tokens - 1) / t_decode,
              prefill_tok_s=batch * prompt_len / t_prefill, torch_tok_s=torch_tok_s,
-             torch_gemm_ms=torch_gemm_ms,
+             torch_decode_tok_s=torch_decode_tok_s, torch_gemm_ms=torch_gemm_ms,
              flop_ratio=flop_ratio, decode_gflops=decode_flops / t_decode / 1e9,
              prefill_gflops=prefill_flops / t_prefill / 1e9, load=os.getloadavg()[0],
              decode_step_ms=1e3 * t_decode / (new_tokens - 1),
@@ -266,9 +270,10 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
 
 
 def torch_generate_seconds(tokens, prompt_len, new_tokens, bf16=False, repeats=2):
-  """Wall-clock seconds of `transformers` greedy generate of `new_tokens` for the batch, the best
-  of `repeats` runs as for ours (with `bf16`, the model's weights cast to bfloat16, torch's usual
-  inference precision)."""
+  """(generate, prefill, matmuls) seconds of `transformers`: greedy generate of `new_tokens` for
+  the batch, and the forward over the prompts with a fresh KV cache that generate starts with,
+  each the best of `repeats` runs as for ours (with `bf16`, the model's weights cast to bfloat16,
+  torch's usual inference precision); the matmuls as `decode_gemm_seconds` times ours."""
   import torch
   import transformers
 
@@ -288,6 +293,11 @@ def torch_generate_seconds(tokens, prompt_len, new_tokens, bf16=False, repeats=2
       t0 = time.perf_counter()
       ref = model.generate(ids, **kwargs)
       torch_total = min(torch_total, time.perf_counter() - t0)
+    torch_prefill = float("inf")
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      model(ids, use_cache=True, past_key_values=transformers.DynamicCache())
+      torch_prefill = min(torch_prefill, time.perf_counter() - t0)
   assert ref.shape[1] - prompt_len == new_tokens
   # The same step's matmuls alone, as `decode_gemm_seconds` measures ours: batch rows through
   # every linear layer's weight and the head.
@@ -300,7 +310,7 @@ def torch_generate_seconds(tokens, prompt_len, new_tokens, bf16=False, repeats=2
       for w in weights:
         torch.nn.functional.linear(rows[w.shape[1]], w)
       gemm = min(gemm, time.perf_counter() - t0)
-  return torch_total, gemm
+  return torch_total, torch_prefill, gemm
 
 
 # The trainer's prompt buckets (`config_lib.base_config`) up to 1,024 tokens, for (3) and (5).
@@ -505,16 +515,23 @@ def main():
     blocks["1"] = [
         f"## (1) Generate throughput vs `transformers` generate (greedy, KV cache, {new_tokens} "
         "new tokens, random prompts of equal length, both forced to the full length)", "",
-        "| batch | prompt | ours generate tok/s | ours decode-only tok/s | torch generate tok/s "
-        "| ours / torch | ours matmuls alone ms / step | torch matmuls alone ms / step |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| batch | prompt | ours generate tok/s | torch generate tok/s | ours / torch "
+        "| ours decode-only tok/s | torch decode-only tok/s | decode-only ours / torch "
+        "| ours matmuls alone ms / step | torch matmuls alone ms / step |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for v in vs:
       blocks["1"].append(
-          f"| {v['batch']} | {prompt_len} | {v['ours_tok_s']:.1f} | {v['ours_decode_tok_s']:.1f} "
-          f"| {v['torch_tok_s']:.1f} | {v['ours_tok_s'] / v['torch_tok_s']:.2f}x "
+          f"| {v['batch']} | {prompt_len} | {v['ours_tok_s']:.1f} | {v['torch_tok_s']:.1f} "
+          f"| {v['ours_tok_s'] / v['torch_tok_s']:.2f}x | {v['ours_decode_tok_s']:.1f} "
+          f"| {v['torch_decode_tok_s']:.1f} "
+          f"| {v['ours_decode_tok_s'] / v['torch_decode_tok_s']:.2f}x "
           f"| {v['gemm_ms']:.0f} | {v['torch_gemm_ms']:.0f} |")
     blocks["1"] += [
-        "", f"Both: the best of {args.repeats} runs. Goal: >= 2x at batch 32. Matmuls alone: one "
+        "", f"Both: the best of {args.repeats} runs. Goal: >= 2x at batch 32. Generate: prompts "
+        "in, all new tokens out (prefill and decode). Decode-only: the new tokens after the first "
+        "(which prefill's logits give) over the time after prefill; ours times its decode "
+        "program alone, torch's is its generate time minus a forward over the same prompts with "
+        "a fresh KV cache (what generate runs first), each the best of its runs. Matmuls alone: one "
         "decode step's weight matmuls (`batch` rows through every projection and the head) and "
         "nothing else, each framework's own matmul (ours best of 3, torch `F.linear` best of 4). "
         "When both frameworks' matmuls take about the same time, ours / torch cannot exceed "
