@@ -271,7 +271,8 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
 
 def torch_generate_seconds(tokens, prompt_len, new_tokens, bf16=False, repeats=2):
   """(generate, prefill, matmuls) seconds of `transformers`: greedy generate of `new_tokens` for
-  the batch, and the forward over the prompts with a fresh KV cache that generate starts with,
+  the batch, and the forward over the prompts with a fresh KV cache (logits of the last position)
+  that generate starts with,
   each the best of `repeats` runs as for ours (with `bf16`, the model's weights cast to bfloat16,
   torch's usual inference precision); the matmuls as `decode_gemm_seconds` times ours."""
   import torch
@@ -296,7 +297,8 @@ def torch_generate_seconds(tokens, prompt_len, new_tokens, bf16=False, repeats=2
     torch_prefill = float("inf")
     for _ in range(repeats):
       t0 = time.perf_counter()
-      model(ids, use_cache=True, past_key_values=transformers.DynamicCache())
+      # As generate's first step: logits of the last position only.
+      model(ids, use_cache=True, past_key_values=transformers.DynamicCache(), logits_to_keep=1)
       torch_prefill = min(torch_prefill, time.perf_counter() - t0)
   assert ref.shape[1] - prompt_len == new_tokens
   # The same step's matmuls alone, as `decode_gemm_seconds` measures ours: batch rows through
