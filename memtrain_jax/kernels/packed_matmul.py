@@ -6,7 +6,7 @@ step reads and writes each weight about twice. `pack` lays a weight out once as 
 it (`packed_matmul_cpu.cc`: panels of 32 output columns, k-major), and the sampler packs the
 weights once per set of parameters, for all the decode loops that use them
 (`sampling.decode_weights`). SmolLM2-135M's decode matmuls, 30 layers and the output projection
-on 2 cores, f32: 19.5 ms against XLA's 32 ms at 4 rows, 38 against 53 ms at 32, 58 against 74 at
+on 2 cores, f32: 20 ms against XLA's 29 ms at 4 rows, 41 against 55 ms at 32, 63 against 76 at
 64, and the same (20 against 20 ms) at 1 row (`experiments/bench_rollout.py` (2)).
 
 Tried and dropped: 12-wide panels with x transposed into 16-row vectors, each weight broadcast
