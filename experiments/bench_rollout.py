@@ -272,9 +272,9 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
 def torch_generate_seconds(tokens, prompt_len, new_tokens, bf16=False, repeats=2):
   """(generate, prefill, matmuls) seconds of `transformers`: greedy generate of `new_tokens` for
   the batch, and the forward over the prompts with a fresh KV cache (logits of the last position)
-  that generate starts with,
-  each the best of `repeats` runs as for ours (with `bf16`, the model's weights cast to bfloat16,
-  torch's usual inference precision); the matmuls as `decode_gemm_seconds` times ours."""
+  that generate starts with, each the best of `repeats` runs as for ours (with `bf16`, the model's
+  weights cast to bfloat16, torch's usual inference precision); the matmuls as
+  `decode_gemm_seconds` times ours."""
   import torch
   import transformers
 
@@ -533,7 +533,8 @@ def main():
         "in, all new tokens out (prefill and decode). Decode-only: the new tokens after the first "
         "(which prefill's logits give) over the time after prefill; ours times its decode "
         "program alone, torch's is its generate time minus a forward over the same prompts with "
-        "a fresh KV cache (what generate runs first), each the best of its runs. Matmuls alone: one "
+        "a fresh KV cache that keeps the last position's logits (what generate runs first), each "
+        "the best of its runs. Matmuls alone: one "
         "decode step's weight matmuls (`batch` rows through every projection and the head) and "
         "nothing else, each framework's own matmul (ours best of 3, torch `F.linear` best of 4). "
         "When both frameworks' matmuls take about the same time, ours / torch cannot exceed "

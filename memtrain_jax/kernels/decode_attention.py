@@ -6,8 +6,8 @@ score and value dots of this step on one thread and over the cache's whole capac
 reads only each row's attended slots, and writes the token's K/V into the cache in place (the
 cache buffers are aliased to its results), which XLA:CPU cannot do for a bf16 cache. The query
 heads that share a KV head are scored and summed together, so each K and V row is read and
-widened once. SmolLM2-135M, batch 32, all 256 slots attended, 30 layers on 2 cores: 17 ms against
-39 ms (12 ms with a bf16 cache), and less when rows attend fewer slots
+widened once. SmolLM2-135M, batch 32, all 256 slots attended, 30 layers on 2 cores: 16-17 ms
+against 38-41 ms (13 ms with a bf16 cache), and less when rows attend fewer slots
 (`experiments/bench_rollout.py` (2)).
 
 The kernel is C++ (`decode_attention_cpu.cc`), built on first use with the other CPU kernels

@@ -2,8 +2,8 @@
 parameters for the CPU packed-matmul kernel (`kernels.packed_matmul`).
 
 Packing reads and writes every weight once (SmolLM2-135M f32: about 0.23 s on 2 cores, what
-the kernel saves over 18 decode steps at 4 rows), so it is done once per parameters, not per decode loop: a
-training step's rollouts call the sampler once per chunk with the same parameters.
+the kernel saves over 18 decode steps at 4 rows), so it is done once per parameters, not per
+decode loop: a training step's rollouts call the sampler once per chunk with the same parameters.
 `PackedWeightsCache` keeps the packed copy while those parameters are alive and packs again when
 it is given new ones. The copy costs the float32 size of the matrices in memory (540 MB for
 SmolLM2-135M) for as long as it is cached.
