@@ -23,7 +23,7 @@ import jax
 _HERE = pathlib.Path(__file__).parent
 # Compiled together into one library; the header is shared by the sources (and part of the key).
 SOURCES = (_HERE / "decode_attention_cpu.cc", _HERE / "packed_matmul_cpu.cc")
-HEADERS = (_HERE / "cpu_parallel.h",)
+HEADERS = (_HERE / "cpu_parallel.h", _HERE / "cpu_vectors.h")
 # XLA custom-call target -> the handler's symbol in the library.
 TARGETS = {
     "memtrain_decode_attention_cpu": "MemtrainDecodeAttention",
@@ -103,26 +103,35 @@ def build(compiler: str | None = None) -> pathlib.Path:
 
 
 @functools.cache
-def unavailable_reason() -> str | None:
-  """Builds the kernels if needed and registers them with XLA, once per process (a failure is
-  remembered too, not retried); None on success, else why the kernels are unavailable."""
+def _load_once():
+  """(the loaded library, None) or (None, why it is unavailable); built and registered with XLA
+  once per process (a failure is remembered too, not retried)."""
   import ctypes
   try:
     library = build()
   except KernelUnavailableError as e:
-    return str(e)
+    return None, str(e)
   try:
     loaded = ctypes.cdll.LoadLibrary(str(library))
     handlers = {target: getattr(loaded, symbol) for target, symbol in TARGETS.items()}
   except (OSError, AttributeError) as e:
-    return f"loading {library} failed: {e}; delete it to rebuild"
+    return None, f"loading {library} failed: {e}; delete it to rebuild"
   for target, handler in handlers.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
-  return None
+  return loaded, None
 
 
-def load() -> None:
-  """Makes the kernels callable; raises KernelUnavailableError saying why they cannot be."""
-  reason = unavailable_reason()
+def unavailable_reason() -> str | None:
+  """Builds the kernels if needed and registers them with XLA, once per process; None on
+  success, else why the kernels are unavailable."""
+  return _load_once()[1]
+
+
+def load():
+  """Makes the kernels callable and returns the library (a `ctypes.CDLL`, for the build's
+  constants such as the packed matmul's panel width); raises KernelUnavailableError saying why
+  the kernels cannot be loaded."""
+  loaded, reason = _load_once()
   if reason is not None:
     raise KernelUnavailableError(reason)
+  return loaded

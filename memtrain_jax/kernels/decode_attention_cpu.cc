@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "cpu_parallel.h"
+#include "cpu_vectors.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -67,11 +68,14 @@ inline float AsStored(float x) {
   return sizeof(CT) == 2 ? Widen(NarrowBits(x)) : x;
 }
 
-// Sixteen floats as one vector, and sixteen 32-bit words (GCC/Clang vector extensions). The hot
-// loops are written with them, so they are vectorised whatever the auto-vectoriser decides (it
-// left lane-wise scalar loops of the softmax scalar), and their sums stay in registers.
-constexpr int64_t kLanes = 16;
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+// The native float vector (`cpu_vectors.h`) and as many 32-bit words. The hot loops are written
+// with them, so they are vectorised whatever the auto-vectoriser decides (it left lane-wise
+// scalar loops of the softmax scalar), and their sums stay in registers.
+using memtrain::kLanes;
+using memtrain::Vec;
+// Vector registers a register-blocked loop may fill with sums: half of them (16 with AVX-512,
+// 8 with AVX2), the rest holding the loaded row and the broadcast scalars.
+constexpr int kSumRegisters = memtrain::kVectorRegisters / 2;
 typedef int32_t Ints __attribute__((vector_size(kLanes * sizeof(int32_t))));
 typedef uint32_t Words __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 
@@ -83,12 +87,8 @@ inline To BitCast(const From& x) {
   return y;
 }
 
-inline Vec Load16(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline Vec Load16(const bf16_bits* p) {
+inline Vec LoadVec(const float* p) { return memtrain::LoadVec(p); }
+inline Vec LoadVec(const bf16_bits* p) {
   typedef bf16_bits Halves __attribute__((vector_size(kLanes * sizeof(bf16_bits))));
   Halves h;
   std::memcpy(&h, p, sizeof(h));
@@ -127,7 +127,7 @@ inline float RowMax(const float* x, int64_t n) {
   Vec lanes = Vec{} + x[0];
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    const Vec v = Load16(x + j);
+    const Vec v = LoadVec(x + j);
     lanes = lanes < v ? v : lanes;
   }
   float top = x[0];
@@ -143,7 +143,7 @@ inline float ExpInPlace(float* x, int64_t n, float top) {
   Vec lanes = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    Vec e = ExpNonPositive(Load16(x + j) - top);
+    Vec e = ExpNonPositive(LoadVec(x + j) - top);
     lanes += e;
     if (kRound) e = RoundToBf16(e);
     std::memcpy(x + j, &e, sizeof(e));
@@ -152,7 +152,7 @@ inline float ExpInPlace(float* x, int64_t n, float top) {
     const int64_t m = n - j;
     float part[kLanes];
     for (int64_t l = 0; l < kLanes; ++l) part[l] = l < m ? x[j + l] : top;  // exp(0), not added
-    Vec e = ExpNonPositive(Load16(part) - top);
+    Vec e = ExpNonPositive(LoadVec(part) - top);
     for (int64_t l = m; l < kLanes; ++l) e[l] = 0.0f;
     lanes += e;
     if (kRound) e = RoundToBf16(e);
@@ -170,15 +170,17 @@ template <int kG, int kParts, typename CT>
 inline void AddScaledRow(Vec (&acc)[kG][kParts], const CT* row, const float* scalars,
                          int64_t stride) {
   Vec r[kParts];
-  for (int c = 0; c < kParts; ++c) r[c] = Load16(row + c * kLanes);
+  for (int c = 0; c < kParts; ++c) r[c] = LoadVec(row + c * kLanes);
   for (int g = 0; g < kG; ++g) {
     const float s = scalars[g * stride];
     for (int c = 0; c < kParts; ++c) acc[g][c] += s * r[c];
   }
 }
 
-// Key slots per block of scores: the kBlock sums of up to 4 query heads fill 16 vector registers.
-constexpr int64_t kBlock = 64;
+// Key slots per block of scores: four vectors (64 with AVX-512, 32 with AVX2). The scores of
+// kScoreHeads query heads at a time (4 with AVX-512, 2 with AVX2) fill kSumRegisters.
+constexpr int64_t kBlock = 4 * kLanes;
+constexpr int kScoreHeads = std::max(1, kSumRegisters / 4);
 
 // Scores of kG query heads (q [kG, head_dim], scaled) against a window of kBlock slots, the K
 // rows [head_dim, kBlock] at stride `slots` from k_window: each K row is loaded and widened once
@@ -214,16 +216,17 @@ void ScoreWindow(const float* q, int64_t head_dim, const CT* k_window, int64_t s
   }
 }
 
-// acc[g] += sum_j p[g * p_stride + j] * v[j] for kG heads over n V rows [n, kD]: each V row is
-// loaded and widened once for all kG heads, the kG x kD sums stay in registers. The sums run over
-// j in order, as the per-head loop's do.
-template <int kD, int kG, typename CT>
+// acc[g] += sum_j p[g * p_stride + j] * v[j] for kG heads over n V rows of kCols of kD columns
+// (v and acc point at the first column; rows of v and of acc are kD apart): each V row is loaded
+// and widened once for all kG heads, the kG x kCols sums stay in registers. The sums run over j
+// in order, as the per-head loop's do.
+template <int kD, int kCols, int kG, typename CT>
 void AccumulateValues(const float* p, int64_t p_stride, const CT* v, int64_t n, float* acc) {
-  constexpr int kParts = kD / kLanes;
-  static_assert(kD % kLanes == 0, "the vectorised value sum wants a head dim divisible by 16");
+  constexpr int kParts = kCols / kLanes;
+  static_assert(kCols % kLanes == 0, "the vectorised value sum wants a head dim of whole vectors");
   Vec sum[kG][kParts];
   for (int g = 0; g < kG; ++g) {
-    for (int c = 0; c < kParts; ++c) sum[g][c] = Load16(acc + g * kD + c * kLanes);
+    for (int c = 0; c < kParts; ++c) sum[g][c] = LoadVec(acc + g * kD + c * kLanes);
   }
   for (int64_t j = 0; j < n; ++j) AddScaledRow(sum, v + j * kD, p + j, p_stride);
   for (int g = 0; g < kG; ++g) {
@@ -298,7 +301,7 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
       window = first + n - kBlock;
     }
     if (window >= 0) {
-      ForHeadChunks<4>(group, [&](int64_t g0, auto heads) {
+      ForHeadChunks<kScoreHeads>(group, [&](int64_t g0, auto heads) {
         ScoreWindow<decltype(heads)::value>(q_scaled + g0 * head_dim, head_dim, k_t + window,
                                             slots, scores + g0 * len + j0, len, first - window, n,
                                             g0 == 0 ? v + first * head_dim : nullptr);
@@ -337,11 +340,17 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
   for (int64_t i = 0; i < group * head_dim; ++i) acc[i] = 0.0f;
   const CT* v_rows = v + lo * head_dim;
   if constexpr (kD > 0) {
-    // Sums of up to 256 floats per chunk of heads (4 heads of 64, 2 of 128) stay in registers.
-    ForHeadChunks<std::max(1, std::min(4, 256 / kD))>(group, [&](int64_t g0, auto heads) {
-      AccumulateValues<kD, decltype(heads)::value>(scores + g0 * len, len, v_rows, cached,
-                                                   acc + g0 * kD);
-    });
+    // Each chunk of heads and columns keeps its sums in kSumRegisters registers (AVX-512: 4
+    // heads of 64 columns or 2 of 128; AVX2: one head's 64 columns at a time).
+    constexpr int kCols = std::min(kD, kSumRegisters * kLanes);
+    constexpr int kHeads = std::max(1, std::min(4, kSumRegisters * kLanes / kD));
+    static_assert(kD % kCols == 0, "whole chunks of columns");
+    for (int64_t c0 = 0; c0 < kD; c0 += kCols) {
+      ForHeadChunks<kHeads>(group, [&](int64_t g0, auto heads) {
+        AccumulateValues<kD, kCols, decltype(heads)::value>(scores + g0 * len, len, v_rows + c0,
+                                                            cached, acc + g0 * kD + c0);
+      });
+    }
   } else {
     for (int64_t g = 0; g < group; ++g) {
       const float* p = scores + g * len;

@@ -3,11 +3,15 @@
 A decode step multiplies a few rows (the batch) by every weight matrix of the model once, so it
 is bound by reading the weights. XLA:CPU's matmul repacks the weight operand on every call, so a
 step reads and writes each weight about twice. `pack` lays a weight out once as the kernel reads
-it (`packed_matmul_cpu.cc`: panels of 32 output columns, k-major), and the sampler packs the
-weights once per set of parameters, for all the decode loops that use them
-(`sampling.decode_weights`). SmolLM2-135M's decode matmuls, 30 layers and the output projection
-on 2 cores, f32: 20 ms against XLA's 29 ms at 4 rows, 41 against 55 ms at 32, 63 against 76 at
-64, and the same (20 against 20 ms) at 1 row (`experiments/bench_rollout.py` (2)).
+it (`packed_matmul_cpu.cc`: panels of two native vectors' worth of output columns, k-major: 32
+with AVX-512, 16 with AVX2, `panel_width`), and the sampler packs the weights once per set of
+parameters, for all the decode loops that use them (`sampling.decode_weights`). SmolLM2-135M's
+decode matmuls, 30 layers and the output projection on 2 cores, f32 (`experiments/bench_rollout.py`
+(2)): on an Intel Xeon (AVX-512) 20 ms against XLA's 29 ms at 4 rows, 41 against 55 ms at 32, 63
+against 76 at 64, and the same (20 against 20 ms) at 1 row; on an AMD EPYC (Zen 3, AVX2) 19.5
+against 43 ms at 4 rows, 84 against 104 at 32, 109 against 150 at 64, 19 against 19 at 1 row.
+The blocking follows the registers (`cpu_vectors.h`): the AVX-512 blocking compiled for AVX2
+spilled its sums and took 2310 ms at 32 rows.
 
 Tried and dropped: 12-wide panels with x transposed into 16-row vectors, each weight broadcast
 against them, so that 32 rows take one pass over a panel (16 flops per weight byte against the
@@ -22,7 +26,9 @@ AVX512-BF16) already. The kernel is built with the other CPU kernels (`kernels.c
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import functools
 import math
 from typing import Callable
 
@@ -32,30 +38,39 @@ import jax.numpy as jnp
 from memtrain_jax.kernels import cpu_library
 
 TARGET_NAME = "memtrain_packed_matmul_cpu"
-PANEL = 32  # output columns per panel
+
+
+@functools.cache
+def panel_width() -> int:
+  """Output columns per panel of this host's kernel build: two of its native float vectors (32
+  with AVX-512, 16 with AVX2, 8 with SSE or NEON). Builds and loads the kernels."""
+  function = cpu_library.load().MemtrainPackedMatmulPanel
+  function.restype = ctypes.c_int64
+  return int(function())
 
 
 def pack(w: jax.Array, in_axes: int = 1, lead_axes: int = 0) -> jax.Array:
   """w [*lead, *out, *in] (`in_axes` input axes last, `lead_axes` leading axes such as stacked
-  layers) -> float32 panels [*lead, ceil(N / 32), K, 32], N and K the out and in sizes:
-  panels[..., p, k, j] = w[..., 32 p + j, k], zero past N."""
+  layers) -> float32 panels [*lead, ceil(N / P), K, P], N and K the out and in sizes, P the
+  `panel_width`: panels[..., p, k, j] = w[..., P p + j, k], zero past N."""
+  panel = panel_width()
   lead = w.shape[:lead_axes]
   k = math.prod(w.shape[w.ndim - in_axes:])
   w = w.reshape(*lead, -1, k).astype(jnp.float32)
   n = w.shape[-2]
-  num_panels = -(-n // PANEL)
-  w = jnp.pad(w, [(0, 0)] * lead_axes + [(0, num_panels * PANEL - n), (0, 0)])
-  return jnp.swapaxes(w.reshape(*lead, num_panels, PANEL, k), -1, -2)
+  num_panels = -(-n // panel)
+  w = jnp.pad(w, [(0, 0)] * lead_axes + [(0, num_panels * panel - n), (0, 0)])
+  return jnp.swapaxes(w.reshape(*lead, num_panels, panel, k), -1, -2)
 
 
 def packed_matmul(x: jax.Array, panels: jax.Array, n: int) -> jax.Array:
-  """x [M, K] float32 times the weight packed in `panels` [ceil(n / 32), K, 32]: y [M, n] = x . w^T,
-  float32, each element one float32 sum over k in order."""
-  cpu_library.load()
-  if (x.ndim != 2 or panels.ndim != 3 or panels.shape[1:] != (x.shape[1], PANEL)
-      or panels.shape[0] != -(-n // PANEL)):
-    raise ValueError(f"packed_matmul wants x [M, K] and panels [ceil(n/32), K, 32] (`pack`); got "
-                     f"x {x.shape}, panels {panels.shape}, n {n}")
+  """x [M, K] float32 times the weight packed in `panels` [ceil(n / P), K, P] (`pack`): y [M, n]
+  = x . w^T, float32, each element one float32 sum over k in order."""
+  panel = panel_width()
+  if (x.ndim != 2 or panels.ndim != 3 or panels.shape[1:] != (x.shape[1], panel)
+      or panels.shape[0] != -(-n // panel)):
+    raise ValueError(f"packed_matmul wants x [M, K] and panels [ceil(n/{panel}), K, {panel}] "
+                     f"(`pack` on this host); got x {x.shape}, panels {panels.shape}, n {n}")
   if x.dtype != jnp.float32 or panels.dtype != jnp.float32:
     raise ValueError(f"packed_matmul is float32 only; got x {x.dtype}, panels {panels.dtype}")
   return jax.ffi.ffi_call(TARGET_NAME, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32))(

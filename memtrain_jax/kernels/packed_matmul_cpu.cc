@@ -3,17 +3,19 @@
 // A decode step multiplies a few rows (the batch) by every weight matrix once. XLA:CPU's matmul
 // repacks the weight on every call (Eigen's GEMM packs both operands), so at a few rows a step
 // reads and writes each weight about twice. Here the weight is packed once per set of parameters
-// (`memtrain_jax.kernels.packed_matmul.pack`) into panels of 32 output columns stored k-major:
+// (`memtrain_jax.kernels.packed_matmul.pack`) into panels of kPanel output columns (two native
+// vectors: 32 with AVX-512, 16 with AVX2) stored k-major:
 //   x      [M, K]           float32
-//   panels [P, K, 32]       float32; panels[p, k, j] = w[32 p + j, k], zero past N (P = ceil(N/32))
+//   panels [P, K, kPanel]   float32; panels[p, k, j] = w[kPanel p + j, k], zero past N
 //   y      [M, N]           float32, y = x . w^T
-// A panel is one contiguous stream: for each k, its 32 weights are two 16-lane vectors, and up
-// to 12 rows of x are multiplied into 12 x 32 sums held in registers (an outer product per k; 24
-// of the 32 vector registers). The panel is read from memory for the first row block and from
-// cache for the others; panels are shared out over the threads. Blocks of 12 rows beat 8 (SmolLM2
-// decode matmuls at 16 rows: 34 against 39 ms a step; 32 rows: 44 against 48) and 10, 14 or 16.
-// Each output element is one float32 sum over k in order, so results do not depend on the
-// number of threads.
+// A panel is one contiguous stream: for each k, its weights are two vectors, and a block of rows
+// of x is multiplied into rows x kPanel sums held in registers (an outer product per k). The
+// block is as many rows as the registers hold beside the two weight vectors: 12 with AVX-512's 32
+// registers (24 sums; 12 beat 8, 10, 14 and 16: SmolLM2 decode matmuls at 16 rows 34 against 39
+// ms a step, 32 rows 44 against 48), 6 with AVX2's 16 (12 sums, the classic 6 x 16 sgemm
+// block). The panel is read from memory for the first row block and from cache for the others;
+// panels are shared out over the threads. Each output element is one float32 sum over k in
+// order, so results do not depend on the number of threads.
 
 #include <algorithm>
 #include <cstdint>
@@ -22,21 +24,20 @@
 #include <type_traits>
 
 #include "cpu_parallel.h"
+#include "cpu_vectors.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int64_t kPanel = 32;  // output columns per panel: two 16-lane vectors
-constexpr int64_t kPrefetchSteps = 64;
-typedef float Vec __attribute__((vector_size(16 * sizeof(float))));
+using memtrain::kLanes;
+using memtrain::LoadVec;
+using memtrain::Vec;
 
-inline Vec Load16(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
+constexpr int64_t kPanel = 2 * kLanes;  // output columns per panel: two vectors
+constexpr int kMaxRows = memtrain::kVectorRegisters >= 32 ? 12 : 6;  // rows per register block
+constexpr int64_t kPrefetchBytes = 8192;
 
 // y[0:kRows, 0:columns] = x[0:kRows, :] . panel, for kRows rows of x (stride k) and one panel.
 template <int kRows>
@@ -44,14 +45,16 @@ void RowsTimesPanel(const float* x, int64_t k, const float* panel, float* y, int
                     int64_t columns) {
   Vec sums[kRows][2] = {};
   for (int64_t i = 0; i < k; ++i) {
-    // Both lines of the weights 64 steps (8 KiB) ahead, into the next panel near the end, to L2
-    // only: the hardware prefetcher alone stops at page boundaries, and prefetches into L1 hold
-    // the few L1 miss buffers (SmolLM2's decode matmuls at 4 rows: 29 ms a step without
+    // The step's lines of weights 8 KiB ahead, into the next panel near the end, to L2 only:
+    // the hardware prefetcher alone stops at page boundaries, and prefetches into L1 hold the
+    // few L1 miss buffers (SmolLM2's decode matmuls at 4 rows with AVX-512: 29 ms a step without
     // prefetching, 24 ms into L1 4 KiB ahead, 21 ms like this; 8 rows: 28 and 25 ms for the last
     // two). Prefetching past the last panel is harmless.
-    __builtin_prefetch(panel + (i + kPrefetchSteps) * kPanel, 0, 1);
-    __builtin_prefetch(panel + (i + kPrefetchSteps) * kPanel + 16, 0, 1);
-    const Vec w0 = Load16(panel + i * kPanel), w1 = Load16(panel + i * kPanel + 16);
+    const char* ahead = reinterpret_cast<const char*>(panel + i * kPanel) + kPrefetchBytes;
+    for (int64_t b = 0; b < kPanel * int64_t{sizeof(float)}; b += 64) {
+      __builtin_prefetch(ahead + b, 0, 1);
+    }
+    const Vec w0 = LoadVec(panel + i * kPanel), w1 = LoadVec(panel + i * kPanel + kLanes);
     for (int r = 0; r < kRows; ++r) {
       const float xr = x[r * k + i];
       sums[r][0] += xr * w0;
@@ -61,17 +64,17 @@ void RowsTimesPanel(const float* x, int64_t k, const float* panel, float* y, int
   for (int r = 0; r < kRows; ++r) {
     if (columns == kPanel) {
       std::memcpy(y + r * y_stride, &sums[r][0], sizeof(Vec));
-      std::memcpy(y + r * y_stride + 16, &sums[r][1], sizeof(Vec));
+      std::memcpy(y + r * y_stride + kLanes, &sums[r][1], sizeof(Vec));
     } else {
       float full[kPanel];
       std::memcpy(full, &sums[r][0], sizeof(Vec));
-      std::memcpy(full + 16, &sums[r][1], sizeof(Vec));
+      std::memcpy(full + kLanes, &sums[r][1], sizeof(Vec));
       std::memcpy(y + r * y_stride, full, columns * sizeof(float));
     }
   }
 }
 
-// Panels [first, last) for all m rows: row blocks of 12, then 8, 4, 2 and 1.
+// Panels [first, last) for all m rows: row blocks of kMaxRows, then 8 (when smaller), 4, 2, 1.
 void Panels(const float* x, int64_t m, int64_t k, const float* panels, int64_t n, float* y,
             int64_t first, int64_t last) {
   for (int64_t p = first; p < last; ++p) {
@@ -84,8 +87,8 @@ void Panels(const float* x, int64_t m, int64_t k, const float* panels, int64_t n
         RowsTimesPanel<kRows>(x + r * k, k, panel, y + r * n + column, n, columns);
       }
     };
-    blocks_of(std::integral_constant<int, 12>());
-    blocks_of(std::integral_constant<int, 8>());
+    blocks_of(std::integral_constant<int, kMaxRows>());
+    if constexpr (kMaxRows > 8) blocks_of(std::integral_constant<int, 8>());
     blocks_of(std::integral_constant<int, 4>());
     blocks_of(std::integral_constant<int, 2>());
     blocks_of(std::integral_constant<int, 1>());
@@ -98,8 +101,9 @@ ffi::Error PackedMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (xd.size() != 2 || pd.size() != 3 || yd.size() != 2 || pd[2] != kPanel || pd[1] != xd[1] ||
       yd[0] != xd[0] || yd[1] > pd[0] * kPanel || yd[1] <= (pd[0] - 1) * kPanel) {
     return ffi::Error(ffi::ErrorCode::kInvalidArgument,
-                      "memtrain packed matmul: expected x [M, K], panels [ceil(N/32), K, 32], "
-                      "y [M, N]");
+                      "memtrain packed matmul: expected x [M, K], panels [ceil(N/" +
+                          std::to_string(kPanel) + "), K, " + std::to_string(kPanel) +
+                          "], y [M, N]");
   }
   const int64_t m = xd[0], k = xd[1], n = yd[1], num_panels = pd[0];
   const float* x_data = x.typed_data();
@@ -122,3 +126,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(MemtrainPackedMatmul, PackedMatmulImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x
                                   .Arg<ffi::Buffer<ffi::F32>>()  // panels
                                   .Ret<ffi::Buffer<ffi::F32>>());  // y
+
+// The panel width this build packs for (`packed_matmul.pack` asks, through ctypes).
+extern "C" int64_t MemtrainPackedMatmulPanel() { return kPanel; }

@@ -38,14 +38,14 @@ def test_a_failed_build_is_remembered_not_retried(monkeypatch):
     raise cpu_library.KernelUnavailableError("boom")
 
   monkeypatch.setattr(cpu_library, "build", failing_build)
-  cpu_library.unavailable_reason.cache_clear()
+  cpu_library._load_once.cache_clear()
   try:
     assert cpu_library.unavailable_reason() == "boom" and cpu_library.unavailable_reason() == "boom"
     with pytest.raises(cpu_library.KernelUnavailableError, match="boom"):
       cpu_library.load()
     assert len(calls) == 1
   finally:
-    cpu_library.unavailable_reason.cache_clear()
+    cpu_library._load_once.cache_clear()
     monkeypatch.undo()
   assert cpu_library.unavailable_reason() is None  # registering again after a success is harmless
 

@@ -3,6 +3,8 @@ the sampler's packed-weights cache and setting."""
 
 import gc
 import logging
+import pathlib
+import platform
 import weakref
 
 import jax
@@ -18,15 +20,25 @@ from memtrain_jax.sampling import sampler as sampler_lib
 from tests.rollout_fixtures import greedy_decode_program, tiny_config, tiny_params
 
 
-def test_pack_lays_out_panels_of_32_output_columns_k_major():
+def test_panel_width_is_two_of_the_hosts_native_vectors():
+  flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
+  if platform.machine() not in ("x86_64", "AMD64") or " avx" not in flags:
+    pytest.skip("an x86 Linux host with AVX")
+  # Wider panels than the registers hold were 5-20x slower than XLA's matmul on AVX2.
+  assert kernel.panel_width() == (32 if " avx512f" in flags else 16)
+
+
+def test_pack_lays_out_panels_of_output_columns_k_major():
   rng = np.random.default_rng(0)
+  width = kernel.panel_width()
   w = rng.standard_normal((2, 5, 7, 3)).astype(np.float32)  # [layers, out 5 x 7, in 3]: N 35
   panels = np.asarray(kernel.pack(jnp.asarray(w), in_axes=1, lead_axes=1))
-  assert panels.shape == (2, 2, 3, 32)
+  num_panels = -(-35 // width)
+  assert panels.shape == (2, num_panels, 3, width)
   flat = w.reshape(2, 35, 3)
   for layer in range(2):
-    for n in range(64):
-      p, j = divmod(n, 32)
+    for n in range(num_panels * width):
+      p, j = divmod(n, width)
       want = flat[layer, n] if n < 35 else np.zeros(3)
       np.testing.assert_array_equal(panels[layer, p, :, j], want)
   # Two input axes (wo: [embed, heads, head_dim]) are flattened in order.
@@ -35,7 +47,7 @@ def test_pack_lays_out_panels_of_32_output_columns_k_major():
                                 wo.reshape(4, 6).T)
 
 
-# Rows: every row-block path (12, 8, 4, 2, 1 and their mixes), below and above the 2 threads'
+# Rows: every row-block path (12, 8, 4, 2, 1 with AVX-512, 6, 4, 2, 1 with AVX2, and their mixes), below and above the 2 threads'
 # count; columns: one partial panel, whole panels, a partial last panel, many panels (pieces).
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 8, 13, 17, 33])
 @pytest.mark.parametrize("k,n", [(5, 7), (64, 32), (48, 200), (16, 2100)])
@@ -52,8 +64,9 @@ def test_matches_a_float64_reference(m, k, n):
 def test_bad_shapes_and_dtypes_are_refused():
   x = jnp.ones((4, 16), jnp.float32)
   panels = kernel.pack(jnp.ones((40, 16), jnp.float32))
-  with pytest.raises(ValueError, match="panels \\[ceil\\(n/32\\), K, 32\\]"):
-    kernel.packed_matmul(x, panels, 70)  # 70 columns need 3 panels
+  width = kernel.panel_width()
+  with pytest.raises(ValueError, match=f"panels \\[ceil\\(n/{width}\\), K, {width}\\]"):
+    kernel.packed_matmul(x, panels, 70)  # 70 columns need more panels than 40
   with pytest.raises(ValueError, match="x \\[M, K\\]"):
     kernel.packed_matmul(x[:, :8], panels, 40)
   with pytest.raises(ValueError, match="float32 only"):
