@@ -2,7 +2,11 @@
 
 The kernels are C++ (`*_cpu.cc` here) compiled on first use with the host's compiler (`$CXX`, else
 `g++`/`c++`/`clang++`) for the host CPU, and cached under `$MEMTRAIN_JAX_KERNEL_CACHE` (default
-`~/.cache/memtrain_jax/kernels`), keyed by the sources, jaxlib's version, the compiler and the CPU.
+`~/.cache/memtrain_jax/kernels`), keyed by the sources, jaxlib's version, the compiler, the flags
+and the CPU. `$MEMTRAIN_JAX_KERNEL_MARCH` (default `native`) is the `-march` they are built for:
+e.g. `x86-64-v3` to build on a login node for AVX2 workers. The kernels size their register blocks
+to the target's vectors (`cpu_vectors.h`), so a build for a narrower target runs correctly but
+slower on a wider host.
 Without a working compiler `unavailable_reason()` says why, and the sampler's "auto" settings fall
 back to XLA (`sampling.sampler`), which computes the same results.
 """
@@ -29,7 +33,12 @@ TARGETS = {
     "memtrain_decode_attention_cpu": "MemtrainDecodeAttention",
     "memtrain_packed_matmul_cpu": "MemtrainPackedMatmul",
 }
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
+_FLAGS = ("-O3", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
+
+
+def compiler_flags() -> tuple[str, ...]:
+  """The build's flags: `_FLAGS` and -march=$MEMTRAIN_JAX_KERNEL_MARCH (default native)."""
+  return (*_FLAGS, f"-march={os.environ.get('MEMTRAIN_JAX_KERNEL_MARCH') or 'native'}")
 
 
 class KernelUnavailableError(RuntimeError):
@@ -80,7 +89,7 @@ def build(compiler: str | None = None) -> pathlib.Path:
     raise KernelUnavailableError(f"C++ compiler {compiler!r} does not run: {e}") from e
   key = hashlib.sha256("\0".join([
       *(path.read_text() for path in SOURCES + HEADERS), jaxlib.__version__, version,
-      " ".join(_FLAGS), _cpu_signature(), platform.machine()]).encode()).hexdigest()[:16]
+      " ".join(compiler_flags()), _cpu_signature(), platform.machine()]).encode()).hexdigest()[:16]
   library = cache_dir() / f"memtrain_kernels_{key}.so"
   if library.exists():
     return library
@@ -89,7 +98,7 @@ def build(compiler: str | None = None) -> pathlib.Path:
   # home directory) never load a half-written library.
   with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
     partial = pathlib.Path(tmp) / library.name
-    command = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", f"-I{_HERE}",
+    command = [compiler, *compiler_flags(), f"-I{jax.ffi.include_dir()}", f"-I{_HERE}",
                *map(str, SOURCES), "-o", str(partial)]
     try:
       done = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -53,9 +53,11 @@ def _inputs(rng, batch, heads, kv_heads, head_dim, slots, q_dtype, cache_dtype):
 
 
 # Head dims 64 and 128 take the compiled-in paths, the others the generic one; groups of 1, 3 and
-# 7 query heads per KV head (the register-blocked loops take 4 heads at a time, 2 of 128 dims);
-# rows of 64 slots and more (a last partial block scored as a whole window that ends with it, or
-# that reads past it) and of fewer; more and fewer (row, KV head) pairs than threads.
+# 7 query heads per KV head (the register-blocked loops take up to 4 heads at a time, fewer with
+# 16 vector registers or 128 dims, and the value sums of 128 dims in two halves with AVX2); rows
+# of a block of slots (64 with AVX-512, 32 with AVX2, 16 with SSE) and more (a last partial block
+# scored as a whole window that ends with it, or that reads past it) and of fewer; more and fewer
+# (row, KV head) pairs than threads.
 SHAPES = [  # batch, heads, kv_heads, head_dim, slots
     (4, 9, 3, 64, 200), (3, 12, 4, 128, 70), (2, 14, 2, 16, 130), (2, 14, 2, 64, 100),
     (5, 4, 4, 80, 65), (1, 2, 1, 32, 1)]

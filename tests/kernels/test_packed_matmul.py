@@ -21,7 +21,8 @@ from tests.rollout_fixtures import greedy_decode_program, tiny_config, tiny_para
 
 
 def test_panel_width_is_two_of_the_hosts_native_vectors():
-  flags = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  flags = cpuinfo.read_text() if cpuinfo.exists() else ""
   if platform.machine() not in ("x86_64", "AMD64") or " avx" not in flags:
     pytest.skip("an x86 Linux host with AVX")
   # Wider panels than the registers hold were 5-20x slower than XLA's matmul on AVX2.
@@ -47,8 +48,9 @@ def test_pack_lays_out_panels_of_output_columns_k_major():
                                 wo.reshape(4, 6).T)
 
 
-# Rows: every row-block path (12, 8, 4, 2, 1 with AVX-512, 6, 4, 2, 1 with AVX2, and their mixes), below and above the 2 threads'
-# count; columns: one partial panel, whole panels, a partial last panel, many panels (pieces).
+# Rows: every row-block path (12, 8, 4, 2, 1 with AVX-512; 6, 4, 2, 1 with AVX2; their mixes),
+# below and above the 2 threads' count; columns: one partial panel, whole panels, a partial last
+# panel, many panels (pieces).
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 7, 8, 13, 17, 33])
 @pytest.mark.parametrize("k,n", [(5, 7), (64, 32), (48, 200), (16, 2100)])
 def test_matches_a_float64_reference(m, k, n):
