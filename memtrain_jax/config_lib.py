@@ -109,15 +109,15 @@ def base_config() -> ConfigDict:
   cfg.sampling.decode_step_tokens = 64
   # Attention of a decode step: "auto" = the multi-threaded CPU kernel on the CPU backend when a
   # C++ compiler builds it (`kernels.decode_attention`), else XLA's; "kernel" requires the kernel;
-  # "xla" never uses it. Same result either way; on 2 cores the kernel is 2.3-2.5x faster over a
+  # "xla" never uses it. Same result either way; on 2 cores the kernel is 2.3-2.9x faster over a
   # full cache and reads only the slots each row attends (SmolLM2, batch 32, 256 slots, all 30
-  # layers: 16-17 vs 38-41 ms).
+  # layers: 16-17 vs 38-41 ms on an AVX-512 Xeon, 19-22 vs 48-68 ms on an AVX2 EPYC).
   cfg.sampling.decode_attention = "auto"
   # Matmuls of a decode step: "auto" = the CPU packed-matmul kernel for float32 compute on CPU
   # with weights whole on each device (`kernels.packed_matmul`), else XLA's; "kernel" requires
   # it; "xla" never uses it. It keeps a float32 copy of the weight matrices, packed once per
   # parameters. SmolLM2's decode matmuls on 2 cores: 20 vs 29-33 ms at 4 rows, 38-41 vs 53-58 ms
-  # at 32.
+  # at 32 on an AVX-512 Xeon; 20-22 vs 43-60 and 67-105 vs 104-121 ms on an AVX2 EPYC.
   cfg.sampling.decode_matmul = "auto"
 
   cfg.objectives = ConfigDict()

@@ -3,7 +3,7 @@
 // The kernels keep their sums in vector registers, so their blocking follows the target's vector
 // width and register count: a vector wider than the hardware's is split by the compiler, and sums
 // that do not fit in the registers are spilled to the stack on every step (the AVX-512 blocking
-// compiled for AVX2 made the packed matmul 5-20x slower than XLA's on an AMD EPYC).
+// compiled for AVX2 made the packed matmul 4-20x slower than XLA's on an AMD EPYC).
 #ifndef MEMTRAIN_JAX_KERNELS_CPU_VECTORS_H_
 #define MEMTRAIN_JAX_KERNELS_CPU_VECTORS_H_
 

@@ -148,7 +148,7 @@ inline float ExpInPlace(float* x, int64_t n, float top) {
     if (kRound) e = RoundToBf16(e);
     std::memcpy(x + j, &e, sizeof(e));
   }
-  if (j < n) {  // the last n - j < 16 entries, through a padded copy
+  if (j < n) {  // the last n - j < kLanes entries, through a padded copy
     const int64_t m = n - j;
     float part[kLanes];
     for (int64_t l = 0; l < kLanes; ++l) part[l] = l < m ? x[j + l] : top;  // exp(0), not added

@@ -8,8 +8,9 @@ with AVX-512, 16 with AVX2, `panel_width`), and the sampler packs the weights on
 parameters, for all the decode loops that use them (`sampling.decode_weights`). SmolLM2-135M's
 decode matmuls, 30 layers and the output projection on 2 cores, f32 (`experiments/bench_rollout.py`
 (2)): on an Intel Xeon (AVX-512) 20 ms against XLA's 29 ms at 4 rows, 41 against 55 ms at 32, 63
-against 76 at 64, and the same (20 against 20 ms) at 1 row; on an AMD EPYC (Zen 3, AVX2) 19.5
-against 43 ms at 4 rows, 84 against 104 at 32, 109 against 150 at 64, 19 against 19 at 1 row.
+against 76 at 64, and the same (20 against 20 ms) at 1 row; on an AMD EPYC (Zen 3, AVX2; a
+noisier machine: ranges over one day's runs) 20-22 against 43-60 ms at 4 rows, 67-105 against
+104-121 at 32, 109-140 against 150-209 at 64, 19-20 against 18-22 at 1 row.
 The blocking follows the registers (`cpu_vectors.h`): the AVX-512 blocking compiled for AVX2
 spilled its sums and took 2310 ms at 32 rows.
 
