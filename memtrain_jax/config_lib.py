@@ -117,7 +117,7 @@ def base_config() -> ConfigDict:
   # with weights whole on each device (`kernels.packed_matmul`), else XLA's; "kernel" requires
   # it; "xla" never uses it. It keeps a float32 copy of the weight matrices, packed once per
   # parameters. SmolLM2's decode matmuls on 2 cores: 20 vs 29-33 ms at 4 rows, 38-41 vs 53-58 ms
-  # at 32 on an AVX-512 Xeon; 20-22 vs 43-60 and 67-105 vs 104-121 ms on an AVX2 EPYC.
+  # at 32 on an AVX-512 Xeon; 20-22 vs 43-60 and 67-105 vs 104-144 ms on an AVX2 EPYC.
   cfg.sampling.decode_matmul = "auto"
 
   cfg.objectives = ConfigDict()

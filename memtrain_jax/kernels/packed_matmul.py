@@ -10,7 +10,7 @@ decode matmuls, 30 layers and the output projection on 2 cores, f32 (`experiment
 (2)): on an Intel Xeon (AVX-512) 20 ms against XLA's 29 ms at 4 rows, 41 against 55 ms at 32, 63
 against 76 at 64, and the same (20 against 20 ms) at 1 row; on an AMD EPYC (Zen 3, AVX2; a
 noisier machine: ranges over one day's runs) 20-22 against 43-60 ms at 4 rows, 67-105 against
-104-121 at 32, 109-140 against 150-209 at 64, 19-20 against 18-22 at 1 row.
+104-144 at 32, 109-140 against 150-209 at 64, 19-22 against 18-25 at 1 row.
 The blocking follows the registers (`cpu_vectors.h`): the AVX-512 blocking compiled for AVX2
 spilled its sums and took 2310 ms at 32 rows.
 
