@@ -1,4 +1,5 @@
-"""Building and registering the CPU kernels: the cache, failures that name their cause."""
+"""Building and registering the CPU kernels: the cache, failures that name their cause, builds
+for the other vector widths."""
 
 import ctypes
 import os
@@ -55,7 +56,6 @@ def test_a_failed_build_is_remembered_not_retried(monkeypatch):
     cpu_library._load_once.cache_clear()
     monkeypatch.undo()
   assert cpu_library.unavailable_reason() is None  # registering again after a success is harmless
-
 
 
 _X86_WITH_COMPILER = pytest.mark.skipif(

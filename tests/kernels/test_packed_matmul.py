@@ -25,7 +25,7 @@ def test_panel_width_is_two_of_the_hosts_native_vectors():
   flags = cpuinfo.read_text() if cpuinfo.exists() else ""
   if platform.machine() not in ("x86_64", "AMD64") or " avx" not in flags:
     pytest.skip("an x86 Linux host with AVX")
-  # Wider panels than the registers hold were 5-20x slower than XLA's matmul on AVX2.
+  # Wider panels than the registers hold were 4-20x slower than XLA's matmul on AVX2.
   assert kernel.panel_width() == (32 if " avx512f" in flags else 16)
 
 
