@@ -109,7 +109,7 @@ def base_config() -> ConfigDict:
   cfg.sampling.decode_step_tokens = 64
   # Attention of a decode step: "auto" = the multi-threaded CPU kernel on the CPU backend when a
   # C++ compiler builds it (`kernels.decode_attention`), else XLA's; "kernel" requires the kernel;
-  # "xla" never uses it. Same result either way; on 2 cores the kernel is 2.3-2.9x faster over a
+  # "xla" never uses it. Same result either way; on 2 cores the kernel is 2.3-3.1x faster over a
   # full cache and reads only the slots each row attends (SmolLM2, batch 32, 256 slots, all 30
   # layers: 16-17 vs 38-41 ms on an AVX-512 Xeon, 19-22 vs 48-68 ms on an AVX2 EPYC).
   cfg.sampling.decode_attention = "auto"

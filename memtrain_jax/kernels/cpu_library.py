@@ -41,6 +41,11 @@ def compiler_flags() -> tuple[str, ...]:
   return (*_FLAGS, f"-march={os.environ.get('MEMTRAIN_JAX_KERNEL_MARCH') or 'native'}")
 
 
+def compile_command(compiler: str, flags: tuple[str, ...]) -> list[str]:
+  """The compiler's command line for the sources with `flags`, without an output."""
+  return [compiler, *flags, f"-I{jax.ffi.include_dir()}", f"-I{_HERE}", *map(str, SOURCES)]
+
+
 class KernelUnavailableError(RuntimeError):
   """The CPU kernels could not be built or loaded; the message says why."""
 
@@ -98,8 +103,7 @@ def build(compiler: str | None = None) -> pathlib.Path:
   # home directory) never load a half-written library.
   with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
     partial = pathlib.Path(tmp) / library.name
-    command = [compiler, *compiler_flags(), f"-I{jax.ffi.include_dir()}", f"-I{_HERE}",
-               *map(str, SOURCES), "-o", str(partial)]
+    command = compile_command(compiler, compiler_flags()) + ["-o", str(partial)]
     try:
       done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:

@@ -87,7 +87,7 @@ inline To BitCast(const From& x) {
   return y;
 }
 
-inline Vec LoadVec(const float* p) { return memtrain::LoadVec(p); }
+using memtrain::LoadVec;  // float; the bfloat16 overload widens
 inline Vec LoadVec(const bf16_bits* p) {
   typedef bf16_bits Halves __attribute__((vector_size(kLanes * sizeof(bf16_bits))));
   Halves h;

@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from memtrain_jax.kernels import cpu_library
@@ -68,9 +67,8 @@ _X86_WITH_COMPILER = pytest.mark.skipif(
 def test_the_kernels_compile_for_every_vector_width(march):
   """SSE (4 lanes, 16 registers), AVX2 (8, 16) and AVX-512 (16, 32): each host builds only its
   own, so the others' register blocking (and its static_asserts) is compiled here."""
-  command = [cpu_library.find_compiler(), "-fsyntax-only", *cpu_library._FLAGS, f"-march={march}",
-             f"-I{jax.ffi.include_dir()}", f"-I{cpu_library._HERE}",
-             *map(str, cpu_library.SOURCES)]
+  command = cpu_library.compile_command(cpu_library.find_compiler(),
+                                        ("-fsyntax-only", *cpu_library._FLAGS, f"-march={march}"))
   done = subprocess.run(command, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-4000:]
 
