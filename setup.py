@@ -34,8 +34,9 @@ EXTRAS = {
     # torch is the test-time reference only (logit parity with transformers); the package never
     # imports it.
     # matplotlib: the evaluation's accuracy-vs-length plot is tested too.
-    "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "torch==2.13.0", "accelerate>=1.10,<2",
-             "matplotlib>=3.8,<4"],
+    # pytest-xdist: the README's test command runs the suite in two worker processes.
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6.100,<7", "torch==2.13.0",
+             "accelerate>=1.10,<2", "matplotlib>=3.8,<4"],
 }
 
 setuptools.setup(

@@ -229,7 +229,9 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
       t_decode_xla = min(t_decode_xla, timed_xla_decode())
   # Decode feeds new_tokens - 1 tokens through the model (the first comes from prefill).
   decode_flops = sum(config.flops_per_token(prompt_len + i) for i in range(1, new_tokens)) * batch
-  prefill_flops = sum(config.flops_per_token(i + 1) for i in range(prompt_len)) * batch
+  # Prefill computes logits for each prompt's last token only.
+  prefill_flops = sum(config.flops_per_token(i + 1, head=i == prompt_len - 1)
+                      for i in range(prompt_len)) * batch
   flop_ratio = (decode_flops / t_decode) / (prefill_flops / t_prefill)
   torch_tok_s = torch_decode_tok_s = torch_gemm_ms = float("nan")
   if with_torch:
@@ -561,8 +563,9 @@ def main():
           f"| {v['load']:.1f} |")
     blocks["2"] += [
         "", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
-        f"over real context). Each program's time is the best of {args.repeats} runs, prefill and "
-        "decode alternating. The CPU-time ratio uses the process's CPU seconds (all threads) "
+        "over real context; prefill's output head for each prompt's last token only, the one "
+        f"whose logits it computes). Each program's time is the best of {args.repeats} runs, "
+        "prefill and decode alternating. The CPU-time ratio uses the process's CPU seconds (all threads) "
         "instead of wall-clock seconds: other jobs move it much less. Goal: >= 50% at batch 32.",
         "",
         f"Memory floor: a decode step reads every weight once and the whole K/V cache "

@@ -86,23 +86,31 @@ class ModelConfig:
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
 
+  def _layer_matrix_params(self) -> int:
+    """Weights of one layer's projections (q, k, v, o and the three MLP matrices)."""
+    d, hd = self.hidden_size, self.head_dim
+    return d * hd * (self.num_heads * 2 + self.num_kv_heads * 2) + 3 * d * self.intermediate_size
+
   def num_params(self) -> int:
-    d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
-    attn = d * hd * (self.num_heads * 2 + self.num_kv_heads * 2)
+    d, hd = self.hidden_size, self.head_dim
+    per_layer = self._layer_matrix_params() + 2 * d  # + the two norms
     if self.qkv_bias:
-      attn += hd * (self.num_heads + 2 * self.num_kv_heads)
+      per_layer += hd * (self.num_heads + 2 * self.num_kv_heads)
     if self.qk_norm:
-      attn += 2 * hd
-    per_layer = attn + 3 * d * f + 2 * d
+      per_layer += 2 * hd
     emb = self.vocab_size * d * (1 if self.tie_embeddings else 2)
     return self.num_layers * per_layer + emb + d
 
-  def flops_per_token(self, context_length: int) -> float:
-    """Forward FLOPs per token: 2 per weight multiply-add plus attention scores and values."""
-    d, hd = self.hidden_size, self.head_dim
-    matmul_params = self.num_params() - self.vocab_size * d * (1 if self.tie_embeddings else 2)
-    matmul_params += self.vocab_size * d  # the output projection is always computed
-    attn = 2 * 2 * self.num_layers * self.num_heads * hd * context_length
+  def flops_per_token(self, context_length: int, *, head: bool = True) -> float:
+    """Forward FLOPs per token: 2 per weight multiply-add plus attention scores and values.
+
+    `head=False` leaves out the output projection: a prefill computes logits for each prompt's
+    last token only, so its other tokens cost the layers alone.
+    """
+    matmul_params = self.num_layers * self._layer_matrix_params()
+    if head:
+      matmul_params += self.vocab_size * self.hidden_size
+    attn = 2 * 2 * self.num_layers * self.num_heads * self.head_dim * context_length
     return 2.0 * matmul_params + attn
 
   @classmethod
