@@ -22,6 +22,23 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "real_model: uses the real SmolLM2-135M (slower)")
 
 
+# The README's test command runs two workers that each take the next whole file when done with one
+# (`-n 2 --dist loadfile --no-loadscope-reorder`). These files take longest (1-3 minutes each on 2
+# cores), so they are handed out first: handed out last, one of them would run alone while the
+# other worker sat idle.
+_LONGEST_FILES = ("models/test_parity.py", "train/test_train_loop.py",
+                  "sampling/test_sampler_smollm2.py", "sampling/test_sampler_tiny.py",
+                  "models/test_smollm2_gguf.py", "kernels/test_cpu_library.py")
+_TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_collection_modifyitems(config, items):
+  def order(item):
+    path = os.path.relpath(str(item.path), _TESTS_DIR).replace(os.sep, "/")
+    return _LONGEST_FILES.index(path) if path in _LONGEST_FILES else len(_LONGEST_FILES)
+  items.sort(key=order)  # stable: the other files keep their order, and every file its tests'
+
+
 @pytest.fixture(scope="session")
 def bundled_model_path():
   from memtrain_jax.models import bundled_gguf_path
