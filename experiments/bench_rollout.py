@@ -565,8 +565,9 @@ def main():
         "", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
         "over real context; prefill's output head for each prompt's last token only, the one "
         f"whose logits it computes). Each program's time is the best of {args.repeats} runs, "
-        "prefill and decode alternating. The CPU-time ratio uses the process's CPU seconds (all threads) "
-        "instead of wall-clock seconds: other jobs move it much less. Goal: >= 50% at batch 32.",
+        "prefill and decode alternating. The CPU-time ratio uses the process's CPU seconds (all "
+        "threads) instead of wall-clock seconds: other jobs move it much less. Goal: >= 50% at "
+        "batch 32.",
         "",
         f"Memory floor: a decode step reads every weight once and the whole K/V cache "
         f"({vs[0]['cache_dtype']}, at its full capacity: MB read / step) and writes almost "
