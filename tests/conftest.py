@@ -1,14 +1,15 @@
-"""Test-wide setup: 8 virtual CPU devices, a persistent compile cache, shared fixtures.
+"""Test-wide setup: 8 virtual CPU devices and fast compiles (`tests/xla_flags.py`), a persistent
+compile cache, shared fixtures.
 
 XLA_FLAGS must be set before jax initialises its backends, so this runs at import time.
 """
 
 import os
 
+from tests.xla_flags import flags_for_tests
+
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = flags_for_tests(os.environ.get("XLA_FLAGS", ""))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -83,7 +83,9 @@ def load_gguf(path: str, *, mesh=None, rules=None, assemble: Callable, **run_opt
     if name not in tensors:
       raise ValueError(f"{path}: tensor {name} is missing from the GGUF file")
     t = tensors[name]
-    return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+    # As a plain ndarray view: `gguf` slices its input per group of rows, and slicing a memmap
+    # costs more than the arithmetic (SmolLM2-135M: 1.1 s against 2.6 s).
+    return np.asarray(gguf.quants.dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
 
   def q_or_k(name, heads):
     w = dequant(name)  # [heads * hd, d], HF's [out, in]

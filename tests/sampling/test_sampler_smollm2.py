@@ -41,12 +41,18 @@ def test_greedy_matches_transformers_generate(bundled_model_path):
       dtype=torch.float32)
   model.eval()
   torch.set_num_threads(2)
+  # One left-padded batch with its attention mask (it gave the same tokens as generating each
+  # prompt alone, in a quarter of the time).
+  width = max(len(p) for p in prompts)
+  ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+  attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
   for i, prompt in enumerate(prompts):
-    with torch.no_grad():
-      ref = model.generate(torch.as_tensor(prompt[None], dtype=torch.long), do_sample=False,
-                           max_new_tokens=new_tokens,
-                           pad_token_id=tokenizer.pad_token_id)
-    ref = ref[0, len(prompt):].numpy()
+    ids[i, width - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long)
+    attention_mask[i, width - len(prompt):] = 1
+  with torch.no_grad():
+    refs = model.generate(ids, attention_mask=attention_mask, do_sample=False,
+                          max_new_tokens=new_tokens, pad_token_id=tokenizer.pad_token_id)
+  for i, ref in enumerate(refs[:, width:].numpy()):
     # Both stop at <|im_end|> (kept in our completion; transformers pads after it).
     np.testing.assert_array_equal(ours.tokens[i], ref[:len(ours.tokens[i])], err_msg=f"prompt {i}")
     assert ours.stopped[i] or len(ours.tokens[i]) == new_tokens

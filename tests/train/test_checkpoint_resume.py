@@ -17,6 +17,7 @@ from memtrain_jax.models.params import init_params
 from memtrain_jax.rl import train_step as ts
 from tests.train import tiny_train_script
 from tests.train.train_fixtures import TINY_MODEL, optim_config
+from tests.xla_flags import single_device_flags
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_train_script.py")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,7 +94,7 @@ def _env():
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
              JAX_COMPILATION_CACHE_DIR=os.path.join(REPO, ".jax_cache"),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-  env.pop("XLA_FLAGS", None)  # one CPU device is enough here
+  env["XLA_FLAGS"] = single_device_flags()  # one CPU device is enough here
   return env
 
 

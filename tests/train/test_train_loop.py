@@ -18,6 +18,7 @@ import pytest
 
 from memtrain_jax import config_lib, models
 from memtrain_jax.models.safetensors_io import SafetensorsFile
+from tests.xla_flags import single_device_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(ROOT, "tests", "train", "tiny_loop_config.py")
@@ -37,7 +38,7 @@ def _computed(record):
 
 def _env():
   env = dict(os.environ)
-  env["XLA_FLAGS"] = ""  # one CPU device in the subprocesses
+  env["XLA_FLAGS"] = single_device_flags()  # one CPU device in the subprocesses
   env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(ROOT, ".jax_cache")
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
