@@ -24,12 +24,14 @@ def pytest_configure(config):
 
 
 # The README's test command runs two workers that each take the next whole file when done with one
-# (`-n 2 --dist loadfile --no-loadscope-reorder`). These files take longest (1-3 minutes each on 2
-# cores), so they are handed out first: handed out last, one of them would run alone while the
-# other worker sat idle.
-_LONGEST_FILES = ("models/test_parity.py", "train/test_train_loop.py",
-                  "sampling/test_sampler_smollm2.py", "sampling/test_sampler_tiny.py",
-                  "models/test_smollm2_gguf.py", "kernels/test_cpu_library.py")
+# (`-n 2 --dist loadfile --no-loadscope-reorder`). These files take longest (1-3 minutes each under
+# two workers on 2 cores, longest first, from `--durations`), so they are handed out first: handed
+# out last, one of them would run alone while the other worker sat idle.
+_LONGEST_FILES = ("train/test_train_loop.py", "models/test_parity.py",
+                  "sampling/test_sampler_smollm2.py", "train/test_task_rl.py",
+                  "train/test_train_step.py", "train/test_checkpoint_resume.py",
+                  "sampling/test_sampler_tiny.py", "models/test_smollm2_gguf.py",
+                  "kernels/test_cpu_library.py")
 _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 

@@ -1,4 +1,5 @@
-"""The test processes' XLA flags (`tests/xla_flags.py`)."""
+"""The test setup: the test processes' XLA flags (`tests/xla_flags.py`) and the files
+`conftest.py` hands out first."""
 
 import os
 
@@ -21,3 +22,11 @@ def test_this_process_runs_with_them_and_subprocesses_get_one_device(monkeypatch
   assert any(f.startswith("--xla_backend_optimization_level=") for f in flags)
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_dump_to=/tmp/x")
   assert single_device_flags() == "--xla_dump_to=/tmp/x"
+
+
+def test_the_files_handed_out_first_exist():
+  """A renamed file would silently drop out of the head of the queue (slower CI, nothing else)."""
+  from tests.conftest import _LONGEST_FILES, _TESTS_DIR
+  assert len(set(_LONGEST_FILES)) == len(_LONGEST_FILES)
+  for path in _LONGEST_FILES:
+    assert os.path.isfile(os.path.join(_TESTS_DIR, path)), f"{path}: update conftest._LONGEST_FILES"
