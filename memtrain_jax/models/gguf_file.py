@@ -75,7 +75,7 @@ class _Cursor:
       element_type, length = self.scalar("<I"), self.scalar("<Q")
       self.skip_elements(element_type, length)
       return ArrayValue(element_type, length)
-    raise ValueError(f"unknown metadata value type {value_type}")
+    raise struct.error(f"unknown metadata value type {value_type}")
 
   def skip_elements(self, element_type: int, length: int) -> None:
     if element_type in _SCALAR_FORMATS:
@@ -122,7 +122,7 @@ class GGUFFile:
         name = cursor.string()
         dims = [cursor.scalar("<Q") for _ in range(cursor.scalar("<I"))]
         infos.append((name, dims, cursor.scalar("<I"), cursor.scalar("<Q")))
-    except struct.error as e:
+    except (struct.error, UnicodeDecodeError) as e:
       raise ValueError(f"{path}: truncated or corrupt GGUF header ({e})") from None
     alignment = self.fields.get("general.alignment", _DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):

@@ -86,3 +86,10 @@ def test_bad_files_are_refused_naming_the_file(tmp_path):
     short.write_bytes(whole[:cut])
     with pytest.raises(ValueError, match=rf"short{cut}\.gguf: .*{problem}"):
       GGUFFile(str(short))
+  # The first key's value type (after magic, version, two counts and the key) made unknown.
+  key_length = int.from_bytes(whole[24:32], "little")
+  bad_type = bytearray(whole)
+  bad_type[32 + key_length:36 + key_length] = (99).to_bytes(4, "little")
+  (tmp_path / "bad_type.gguf").write_bytes(bytes(bad_type))
+  with pytest.raises(ValueError, match=r"bad_type\.gguf: .*unknown metadata value type 99"):
+    GGUFFile(str(tmp_path / "bad_type.gguf"))
