@@ -11,7 +11,7 @@ from tests.xla_flags import flags_for_tests, single_device_flags
 def test_flags_add_eight_devices_and_level_0_and_keep_what_is_set():
   assert flags_for_tests("").split() == ["--xla_force_host_platform_device_count=8",
                                          "--xla_backend_optimization_level=0"]
-  kept = "--xla_backend_optimization_level=2 --xla_force_host_platform_device_count=4"
+  kept = "--xla_backend_optimization_level=3 --xla_force_host_platform_device_count=4"
   assert flags_for_tests(kept) == kept
   assert flags_for_tests("--xla_dump_to=/tmp/x").startswith("--xla_dump_to=/tmp/x ")
 
