@@ -99,7 +99,6 @@ class GGUFFile:
   def __init__(self, path: str):
     import gguf  # for the ggml type table only
 
-    self.path = path
     data = np.memmap(path, dtype=np.uint8, mode="r")
     cursor = _Cursor(memoryview(data))
     try:
