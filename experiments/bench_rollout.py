@@ -186,10 +186,10 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
   sampler.generate(params, prompts, temperature=0.0)  # compile
   ours_total, out = best_time(lambda: sampler.generate(params, prompts, temperature=0.0), repeats)
   assert int(out.lengths.sum()) == batch * new_tokens
-  # The same decode program with XLA's attention and matmuls instead of the sampler's CPU kernels
-  # (when it has them).
-  xla_sampler = Sampler(no_eos, None, dataclasses.replace(sampler.config, decode_attention="xla",
-                                                          decode_matmul="xla"))
+  # The same programs with XLA's attention and matmuls instead of the sampler's CPU kernels (when
+  # it has them).
+  xla_sampler = Sampler(no_eos, None, dataclasses.replace(
+      sampler.config, decode_attention="xla", decode_matmul="xla", prefill_matmul="xla"))
   uses_kernels = sampler.attention_kernel is not None or sampler.packed_weights is not None
   # The two programs on their own.
   tokens = np.stack(prompts)
@@ -198,7 +198,7 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
   cap = prompt_len + new_tokens
   # Wall clock, and the process's CPU time (all threads), which other jobs on the machine change
   # far less: a program that waits for a core is not charged for the wait.
-  t_prefill = t_decode = cpu_prefill = cpu_decode = t_decode_xla = float("inf")
+  t_prefill = t_decode = cpu_prefill = cpu_decode = t_decode_xla = t_prefill_xla = float("inf")
 
   def greedy_decode(s, cache, logits, row_start):
     """Sampler s's decode program on a prefill's outputs, every row to `new_tokens`, blocking."""
@@ -207,17 +207,21 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
                     np.int32(0), s.stop)
     jax.block_until_ready(dec.tokens)
 
-  def timed_xla_decode():
-    prefilled = xla_sampler._prefill(params, tokens, start, src, capacity=cap)
+  def timed_xla_programs():
+    """(prefill, decode) seconds of the sampler with XLA's kernels."""
     t0 = time.perf_counter()
+    prefilled = jax.block_until_ready(xla_sampler._prefill(params, tokens, start, src,
+                                                           capacity=cap))
+    t1 = time.perf_counter()
     greedy_decode(xla_sampler, *prefilled)
-    return time.perf_counter() - t0
+    return t1 - t0, time.perf_counter() - t1
 
   if uses_kernels:
-    timed_xla_decode()  # compile
+    timed_xla_programs()  # compile
   for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
-    cache, logits, row_start = sampler._prefill(params, tokens, start, src, capacity=cap)
+    cache, logits, row_start = sampler._prefill(sampler.prefill_params(params), tokens, start, src,
+                                                capacity=cap)
     jax.block_until_ready(logits)
     t_prefill = min(t_prefill, time.perf_counter() - t0)
     cpu_prefill = min(cpu_prefill, time.process_time() - c0)
@@ -226,7 +230,8 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
     t_decode = min(t_decode, time.perf_counter() - t0)
     cpu_decode = min(cpu_decode, time.process_time() - c0)
     if uses_kernels:
-      t_decode_xla = min(t_decode_xla, timed_xla_decode())
+      t_xla = timed_xla_programs()
+      t_prefill_xla, t_decode_xla = min(t_prefill_xla, t_xla[0]), min(t_decode_xla, t_xla[1])
   # Decode feeds new_tokens - 1 tokens through the model (the first comes from prefill).
   decode_flops = sum(config.flops_per_token(prompt_len + i) for i in range(1, new_tokens)) * batch
   # Prefill computes logits for each prompt's last token only.
@@ -254,8 +259,10 @@ def bench_vs_torch(config, params, batch, prompt_len, new_tokens, log, *, with_t
              prefill_gflops=prefill_flops / t_prefill / 1e9, load=os.getloadavg()[0],
              decode_step_ms=1e3 * t_decode / (new_tokens - 1),
              decode_step_ms_xla=1e3 * t_decode_xla / (new_tokens - 1),
+             prefill_tok_s_xla=batch * prompt_len / t_prefill_xla,
              decode_attention="kernel" if sampler.attention_kernel is not None else "xla",
-             decode_matmul="kernel" if sampler.packed_weights is not None else "xla",
+             decode_matmul="kernel" if sampler.decode_matmul is not None else "xla",
+             prefill_matmul="kernel" if sampler.prefill_matmul is not None else "xla",
              decode_mb_per_step=decode_bytes_per_step(config, params, batch, cap,
                                                       sampler.cache_dtype) / 1e6,
              cache_dtype=sampler.cache_dtype.name,
@@ -549,8 +556,9 @@ def main():
         "| decode / prefill | same, by CPU time | MB read / step | memory floor ms / step "
         "| matmuls alone ms / step | attention alone ms / step "
         "| decode / prefill at the matmul floor | decode ms / step, XLA attention and matmuls "
-        "| matmuls alone ms / step, XLA | attention alone ms / step, XLA | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| matmuls alone ms / step, XLA | attention alone ms / step, XLA "
+        "| prefill tok/s, XLA matmuls | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in vs:
       floor_ms = v["decode_mb_per_step"] / 1e3 / bandwidth * 1e3
       blocks["2"].append(
@@ -560,7 +568,7 @@ def main():
           f"{v['gemm_ms']:.0f} | {v['attention_ms']:.0f} | "
           f"{100 * v['flop_ratio'] * v['decode_step_ms'] / v['gemm_ms']:.0f}% | "
           f"{v['decode_step_ms_xla']:.0f} | {v['gemm_ms_xla']:.0f} | {v['attention_ms_xla']:.0f} "
-          f"| {v['load']:.1f} |")
+          f"| {v['prefill_tok_s_xla']:.0f} | {v['load']:.1f} |")
     blocks["2"] += [
         "", "FLOPs from `ModelConfig.flops_per_token(context)` (useful work: causal attention "
         "over real context; prefill's output head for each prompt's last token only, the one "
@@ -593,7 +601,11 @@ def main():
         "is the rest of "
         "the step: the cache write (XLA's), norms, RoPE and choosing the token. The kernel reads "
         "only the attended slots (the step's decode attends on average to the prompt and half "
-        "the new tokens), XLA's attention the whole capacity.", ""]
+        "the new tokens), XLA's attention the whole capacity. Prefill's matmuls "
+        f"({vs[0]['prefill_matmul']}: `sampling.prefill_matmul`) are the same kernel over the "
+        "same packed weights, in tiles of rows that stay in cache across the weight panels; "
+        "prefill with XLA's matmuls is timed in the same loop (prefill tok/s, XLA matmuls "
+        "column).", ""]
     sweep = decode_gemm_by_rows(config, params, (1, 2, 4, 8, 16, 32, 64), log)
     if sweep:
       blocks["2"] += [

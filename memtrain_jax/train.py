@@ -106,6 +106,7 @@ def sampler_config(cfg) -> SamplerConfig:
                        cache_dtype=cfg.sampling.cache_dtype,
                        decode_attention=cfg.sampling.decode_attention,
                        decode_matmul=cfg.sampling.decode_matmul,
+                       prefill_matmul=cfg.sampling.prefill_matmul,
                        decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 
@@ -437,8 +438,8 @@ def train(cfg, workdir: str) -> dict[str, float]:
           batch = collect_rollouts(cfg, step, sampler, rollout_params, documents, e2e_objective,
                                    probe_objective)
         del rollout_params
-        # The packed decode weights were made for these parameters, which the update replaces.
-        sampler.release_decode_params()
+        # The packed weights were made for these parameters, which the update replaces.
+        sampler.release_packed_weights()
       stats = adv_lib.fill_advantages(batch.rows, batch.correct, adv_cfg)
       kept = adv_lib.select_rows(batch.rows, stats.row_keep)
       batch_metrics = (search_metrics(batch) if retriever is not None else

@@ -64,6 +64,7 @@ def eval_config() -> ConfigDict:
   cfg.sampling.decode_step_tokens = 64  # as in training (config_lib.base_config)
   cfg.sampling.decode_attention = "auto"  # as in training: the CPU kernel when it builds
   cfg.sampling.decode_matmul = "auto"  # as in training: the CPU kernel for float32 compute
+  cfg.sampling.prefill_matmul = "auto"  # as in training: the same kernel for prefill
 
   # The memory agent's budgets (MemAgent's eval: chunk 5000, memory 1024, answer 1024).
   cfg.agent = ConfigDict()
@@ -330,6 +331,7 @@ def validate_eval_config(cfg: ConfigDict, check_paths: bool = True) -> None:
   check_cache_dtype(cfg.sampling.cache_dtype)
   check_kernel_setting(cfg.sampling.decode_attention, "sampling.decode_attention")
   check_kernel_setting(cfg.sampling.decode_matmul, "sampling.decode_matmul")
+  check_kernel_setting(cfg.sampling.prefill_matmul, "sampling.prefill_matmul")
   check_decode_step_tokens(cfg.sampling.decode_step_tokens)
   _positive("sampling.prompt_buckets", cfg.sampling.prompt_buckets)
   _positive("sampling.batch_buckets", cfg.sampling.batch_buckets)

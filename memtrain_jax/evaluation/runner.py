@@ -104,6 +104,7 @@ def long_qa_sampler_config(cfg) -> SamplerConfig:
                        cache_dtype=cfg.sampling.cache_dtype,
                        decode_attention=cfg.sampling.decode_attention,
                        decode_matmul=cfg.sampling.decode_matmul,
+                       prefill_matmul=cfg.sampling.prefill_matmul,
                        decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 
@@ -119,6 +120,7 @@ def search_sampler_config(cfg) -> SamplerConfig:
                        cache_dtype=cfg.sampling.cache_dtype,
                        decode_attention=cfg.sampling.decode_attention,
                        decode_matmul=cfg.sampling.decode_matmul,
+                       prefill_matmul=cfg.sampling.prefill_matmul,
                        decode_step_tokens=cfg.sampling.decode_step_tokens)
 
 

@@ -86,7 +86,8 @@ def build(compiler: str | None = None) -> pathlib.Path:
   if compiler is None:
     raise KernelUnavailableError(
         "no C++ compiler found (tried $CXX, g++, c++, clang++); install one (e.g. `apt install "
-        "g++`) or set sampling.decode_attention='xla' and sampling.decode_matmul='xla'")
+        "g++`) or set sampling.decode_attention, sampling.decode_matmul and "
+        "sampling.prefill_matmul to 'xla'")
   try:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                              timeout=60).stdout

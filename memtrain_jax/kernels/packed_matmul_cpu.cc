@@ -14,8 +14,11 @@
 // registers (24 sums; 12 beat 8, 10, 14 and 16: SmolLM2 decode matmuls at 16 rows 34 against 39
 // ms a step, 32 rows 44 against 48), 6 with AVX2's 16 (12 sums, the classic 6 x 16 sgemm
 // block). The panel is read from memory for the first row block and from cache for the others;
-// panels are shared out over the threads. Each output element is one float32 sum over k in
-// order, so results do not depend on the number of threads.
+// panels are shared out over the threads. Prefill's thousands of rows are cut into chunks that
+// fit in L2 and each chunk runs through the panels, instead of every panel streaming all rows
+// from memory (SmolLM2 prefill of 32 x 128 tokens on an AVX2 EPYC: 7.6 against XLA's 8.9 s).
+// Each output element is one float32 sum over k in order, so results do not depend on the
+// number of threads or on the tiling.
 
 #include <algorithm>
 #include <cstdint>
@@ -95,6 +98,19 @@ void Panels(const float* x, int64_t m, int64_t k, const float* panels, int64_t n
   }
 }
 
+// x up to this size is read by every piece whole: the decode case (SmolLM2 at 64 rows of 1536
+// floats is 384 KiB), where each panel is streamed from memory once for all rows.
+constexpr int64_t kWholeRowsBytes = int64_t{512} << 10;
+
+// Rows of x per tile when there are more (prefill): as many whole register blocks as fit in
+// about 192 KiB, a share of L2 beside the panel being read, so that a tile's rows stay in cache
+// while it runs through the panels instead of being streamed from memory once per panel.
+int64_t RowsPerChunk(int64_t k) {
+  constexpr int64_t kChunkBytes = int64_t{192} << 10;
+  const int64_t blocks = kChunkBytes / (std::max<int64_t>(k, 1) * sizeof(float) * kMaxRows);
+  return std::max<int64_t>(blocks, 1) * kMaxRows;
+}
+
 ffi::Error PackedMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                             ffi::Buffer<ffi::F32> panels, ffi::Result<ffi::Buffer<ffi::F32>> y) {
   const auto xd = x.dimensions(), pd = panels.dimensions(), yd = y->dimensions();
@@ -109,11 +125,32 @@ ffi::Error PackedMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* x_data = x.typed_data();
   const float* panel_data = panels.typed_data();
   float* y_data = y->typed_data();
-  // About 256 KiB of weights per piece: enough work to pay for handing it to another thread.
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (k * kPanel));
-  memtrain::ParallelFor(pool, num_panels, grain,
+  if (m * k * int64_t{sizeof(float)} <= kWholeRowsBytes) {
+    // About 256 KiB of weights per piece: enough work to pay for handing it to another thread.
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / (k * kPanel));
+    memtrain::ParallelFor(pool, num_panels, grain,
+                          [=](int64_t first, int64_t last) {
+                            Panels(x_data, m, k, panel_data, n, y_data, first, last);
+                          });
+    return ffi::Error::Success();
+  }
+  // Many rows (prefill): tiles of chunk_rows rows x a group of panels, each tile's rows
+  // multiplied into every panel of its group while they sit in L2. Groups only split the panels
+  // when there are too few row chunks to keep the threads busy.
+  const int64_t chunk_rows = RowsPerChunk(k);
+  const int64_t chunks = (m + chunk_rows - 1) / chunk_rows;
+  const int64_t groups = std::min<int64_t>(
+      num_panels, (4 * std::max<int64_t>(pool.num_threads(), 1) + chunks - 1) / chunks);
+  const int64_t panels_per_group = (num_panels + groups - 1) / groups;
+  memtrain::ParallelFor(pool, chunks * groups, /*grain=*/1,
                         [=](int64_t first, int64_t last) {
-                          Panels(x_data, m, k, panel_data, n, y_data, first, last);
+                          for (int64_t tile = first; tile < last; ++tile) {
+                            const int64_t row = (tile / groups) * chunk_rows;
+                            const int64_t panel = (tile % groups) * panels_per_group;
+                            Panels(x_data + row * k, std::min(chunk_rows, m - row), k,
+                                   panel_data, n, y_data + row * n, panel,
+                                   std::min(num_panels, panel + panels_per_group));
+                          }
                         });
   return ffi::Error::Success();
 }

@@ -63,6 +63,26 @@ def test_matches_a_float64_reference(m, k, n):
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
+# Prefill's many rows (x over 512 KiB) are tiled in row chunks of ~192 KiB: several chunks and a
+# partial last one; with fewer chunks than the threads need, panel groups too (the 1536 wide
+# case); columns in partial panels.
+@pytest.mark.parametrize("m,k,n", [(700, 200, 37), (101, 1536, 50), (2500, 64, 300)])
+def test_many_rows_match_a_float64_reference_and_the_few_rows_path(m, k, n):
+  assert m * k * 4 > 512 * 1024  # the tiled path
+  rng = np.random.default_rng(m + k + n)
+  x = rng.standard_normal((m, k)).astype(np.float32)
+  w = rng.standard_normal((n, k)).astype(np.float32)
+  matmul = jax.jit(kernel.packed_matmul, static_argnums=2)
+  panels = kernel.pack(jnp.asarray(w))
+  got = np.asarray(matmul(x, panels, n))
+  want = x.astype(np.float64) @ w.astype(np.float64).T
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+  # Each element is the same float32 sum over k in order whichever path computes it: rows taken
+  # a few at a time (the decode path) give the same bits.
+  for rows in (slice(0, 7), slice(m - 13, m), slice(m // 2, m // 2 + 5)):
+    np.testing.assert_array_equal(got[rows], np.asarray(matmul(x[rows], panels, n)))
+
+
 def test_bad_shapes_and_dtypes_are_refused():
   x = jnp.ones((4, 16), jnp.float32)
   panels = kernel.pack(jnp.ones((40, 16), jnp.float32))
@@ -136,27 +156,28 @@ def test_the_cache_packs_once_per_parameters_and_holds_no_old_ones():
 
 def test_resolving_the_setting(monkeypatch, caplog):
   f32, bf16 = tiny_config(), tiny_config(compute_dtype="bfloat16")
-  assert sampler_lib.resolve_decode_matmul("auto", "cpu", f32) is kernel.packed_matmul
-  assert sampler_lib.resolve_decode_matmul("kernel", "cpu", f32) is kernel.packed_matmul
-  assert sampler_lib.resolve_decode_matmul("xla", "cpu", f32) is None
-  assert sampler_lib.resolve_decode_matmul("auto", "gpu", f32) is None
-  assert sampler_lib.resolve_decode_matmul("auto", "cpu", bf16) is None
+  assert sampler_lib.resolve_matmul("auto", "cpu", f32) is kernel.packed_matmul
+  assert sampler_lib.resolve_matmul("kernel", "cpu", f32) is kernel.packed_matmul
+  assert sampler_lib.resolve_matmul("xla", "cpu", f32) is None
+  assert sampler_lib.resolve_matmul("auto", "gpu", f32) is None
+  assert sampler_lib.resolve_matmul("auto", "cpu", bf16) is None
   tensor_mesh = sharding.make_mesh((4, 1, 2))
-  assert sampler_lib.resolve_decode_matmul("auto", "cpu", f32, tensor_mesh) is None
-  assert callable(sampler_lib.resolve_decode_matmul("auto", "cpu", f32,
-                                                    sharding.make_mesh((8, 1, 1))))
+  assert sampler_lib.resolve_matmul("auto", "cpu", f32, tensor_mesh) is None
+  assert callable(sampler_lib.resolve_matmul("auto", "cpu", f32, sharding.make_mesh((8, 1, 1))))
   with pytest.raises(ValueError, match="backend is 'tpu'"):
-    sampler_lib.resolve_decode_matmul("kernel", "tpu", f32)
+    sampler_lib.resolve_matmul("kernel", "tpu", f32)
   with pytest.raises(ValueError, match="float32 only; the compute dtype is bfloat16"):
-    sampler_lib.resolve_decode_matmul("kernel", "cpu", bf16)
+    sampler_lib.resolve_matmul("kernel", "cpu", bf16)
   with pytest.raises(ValueError, match="over 'tensor' \\(2 devices\\)"):
-    sampler_lib.resolve_decode_matmul("kernel", "cpu", f32, tensor_mesh)
+    sampler_lib.resolve_matmul("kernel", "cpu", f32, tensor_mesh)
   with pytest.raises(ValueError, match="SamplerConfig.decode_matmul='fast'; use one of"):
-    sampler_lib.resolve_decode_matmul("fast", "cpu", f32)
+    sampler_lib.resolve_matmul("fast", "cpu", f32)
+  with pytest.raises(ValueError, match="SamplerConfig.prefill_matmul='kernel' cannot be used"):
+    sampler_lib.resolve_matmul("kernel", "cpu", bf16, field="prefill_matmul")
   monkeypatch.setattr(cpu_library, "unavailable_reason", lambda: "no compiler here")
   sampler_lib._warn_kernel_fallback.cache_clear()  # warned once per reason
   with caplog.at_level(logging.WARNING, logger="memtrain"):
-    assert sampler_lib.resolve_decode_matmul("auto", "cpu", f32) is None
+    assert sampler_lib.resolve_matmul("auto", "cpu", f32) is None
   assert "no compiler here" in caplog.text
   with pytest.raises(cpu_library.KernelUnavailableError, match="no compiler here"):
-    sampler_lib.resolve_decode_matmul("kernel", "cpu", f32)
+    sampler_lib.resolve_matmul("kernel", "cpu", f32)

@@ -33,7 +33,9 @@ def test_sharded_greedy_equals_single_device(mesh_shape):
   # The batch is padded to a multiple of the batch shards (data x fsdp).
   shards = mesh_shape[0] * mesh_shape[1]
   assert all(p[1][0] % shards == 0 for p in sharded_sampler.programs_built if p[0] != "pack")
-  assert (sharded_sampler.packed_weights is not None) == (mesh_shape[2] == 1)
+  whole_weights = mesh_shape[2] == 1  # the matmul kernel needs them whole
+  assert (sharded_sampler.decode_matmul is not None) == whole_weights
+  assert (sharded_sampler.prefill_matmul is not None) == whole_weights
 
 
 def test_sharded_sampling_equals_single_device():

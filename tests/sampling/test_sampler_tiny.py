@@ -105,15 +105,18 @@ def test_cache_dtype_resolution():
     Sampler(CONFIG, IdTokenizer(), SamplerConfig(cache_dtype="int8"))
 
 
-@pytest.mark.parametrize("setting", ["decode_attention", "decode_matmul"])
+@pytest.mark.parametrize("setting", ["decode_attention", "decode_matmul", "prefill_matmul"])
 def test_the_cpu_kernels_change_no_completion(params, setting):
-  """A CPU kernel (attention, or matmuls over packed weights) or XLA: the same greedy tokens, and
-  log-probs and sampled tokens as close as their float32 sums."""
+  """A CPU kernel (attention, or matmuls over packed weights in decode or prefill) or XLA: the
+  same greedy tokens, and log-probs and sampled tokens as close as their float32 sums."""
   with_kernel = Sampler(CONFIG, IdTokenizer(), SAMPLER_CONFIG)
   with_xla = Sampler(CONFIG, IdTokenizer(), dataclasses.replace(SAMPLER_CONFIG, **{setting: "xla"}))
-  assert with_kernel.attention_kernel is not None and with_kernel.packed_weights is not None
+  assert with_kernel.attention_kernel is not None
+  assert with_kernel.decode_matmul is not None and with_kernel.prefill_matmul is not None
   assert (with_xla.attention_kernel is None) == (setting == "decode_attention")
-  assert (with_xla.packed_weights is None) == (setting == "decode_matmul")
+  assert (with_xla.decode_matmul is None) == (setting == "decode_matmul")
+  assert (with_xla.prefill_matmul is None) == (setting == "prefill_matmul")
+  assert with_xla.packed_weights is not None  # one of the two programs still packs
   prompts = random_prompts(CONFIG.vocab_size, LENGTHS, seed=5)
   for temperature in (0.0, 1.0):
     a = with_kernel.generate(params, prompts, num_samples=2, temperature=temperature, seed=1)
@@ -132,7 +135,7 @@ def test_decode_weights_are_packed_once_per_parameters(params):
   new_params = jax.tree.map(lambda x: x * 1.01, params)
   sampler.generate(new_params, prompts, temperature=0.0)
   assert sampler.packed_weights.packs == 2
-  sampler.release_decode_params()  # freed: the same parameters are packed again
+  sampler.release_packed_weights()  # freed: the same parameters are packed again
   sampler.generate(new_params, prompts, temperature=0.0)
   assert sampler.packed_weights.packs == 3
   assert [p[0] for p in sampler.programs_built].count("pack") == 1  # compiled once

@@ -115,10 +115,11 @@ def test_validate_rejects_an_unknown_cache_dtype():
     config_lib.validate(cfg)
 
 
-def test_validate_rejects_an_unknown_decode_attention():
+@pytest.mark.parametrize("field", ["decode_attention", "decode_matmul", "prefill_matmul"])
+def test_validate_rejects_an_unknown_kernel_setting(field):
   cfg = config_lib.load_config(os.path.join(REPO, "configs", "default.py"),
-                               ["--config.sampling.decode_attention=fast"])
-  with pytest.raises(ValueError, match="sampling.decode_attention='fast'; use one of 'auto'"):
+                               [f"--config.sampling.{field}=fast"])
+  with pytest.raises(ValueError, match=f"sampling.{field}='fast'; use one of 'auto'"):
     config_lib.validate(cfg)
 
 
