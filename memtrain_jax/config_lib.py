@@ -437,6 +437,25 @@ def check_decode_step_tokens(value: int, field: str = "sampling.decode_step_toke
                      "prefill; use a value >= 0")
 
 
+_KERNEL_FIELDS = ("decode_attention", "decode_matmul", "prefill_matmul")
+
+
+def check_sampler_settings(sampling: ConfigDict) -> None:
+  """Refuses `sampling` fields (training's or evaluation's) that `sampler_settings` passes on and
+  the sampler would reject."""
+  check_cache_dtype(sampling.cache_dtype)
+  for field in _KERNEL_FIELDS:
+    check_kernel_setting(sampling[field], f"sampling.{field}")
+  check_decode_step_tokens(sampling.decode_step_tokens)
+
+
+def sampler_settings(sampling: ConfigDict) -> dict:
+  """The `SamplerConfig` arguments that `sampling` (training's or evaluation's) gives as they are:
+  the KV cache dtype, the CPU-kernel settings and the decode-step cost."""
+  fields = ("cache_dtype",) + _KERNEL_FIELDS + ("decode_step_tokens",)
+  return {field: sampling[field] for field in fields}
+
+
 def validate(cfg: ConfigDict) -> None:
   """Raises ValueError for combinations that cannot run."""
   loss_config(cfg)  # checks aggregation / estimator names
@@ -457,11 +476,7 @@ def validate(cfg: ConfigDict) -> None:
   if cfg.task.name == "long_qa" and (not cfg.task.long_qa.target_tokens or
                                      min(cfg.task.long_qa.target_tokens) <= 0):
     raise ValueError("task.long_qa.target_tokens must be a non-empty tuple of positive lengths")
-  check_cache_dtype(cfg.sampling.cache_dtype)
-  check_kernel_setting(cfg.sampling.decode_attention, "sampling.decode_attention")
-  check_kernel_setting(cfg.sampling.decode_matmul, "sampling.decode_matmul")
-  check_kernel_setting(cfg.sampling.prefill_matmul, "sampling.prefill_matmul")
-  check_decode_step_tokens(cfg.sampling.decode_step_tokens)
+  check_sampler_settings(cfg.sampling)
   if cfg.objectives.end_to_end.num_rollouts < 1 or cfg.objectives.recall.num_samples < 1:
     raise ValueError("objectives.*.num_rollouts / num_samples must be >= 1")
   if cfg.rl.ppo_epochs < 1 or cfg.rl.num_mini_batches < 1:

@@ -103,11 +103,7 @@ def sampler_config(cfg) -> SamplerConfig:
       next((b for b in cfg.sampling.prompt_buckets if b >= longest), longest),)
   return SamplerConfig(prompt_buckets=buckets, batch_buckets=tuple(cfg.sampling.batch_buckets),
                        max_new_tokens=budget, stop_strings=stops,
-                       cache_dtype=cfg.sampling.cache_dtype,
-                       decode_attention=cfg.sampling.decode_attention,
-                       decode_matmul=cfg.sampling.decode_matmul,
-                       prefill_matmul=cfg.sampling.prefill_matmul,
-                       decode_step_tokens=cfg.sampling.decode_step_tokens)
+                       **config_lib.sampler_settings(cfg.sampling))
 
 
 def search_env_config(cfg) -> search_env.SearchEnvConfig:

@@ -17,8 +17,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from memtrain_jax.config_lib import (check_cache_dtype, check_kernel_setting,
-                                     check_decode_step_tokens)
+from memtrain_jax.config_lib import check_sampler_settings
 from memtrain_jax.tasks import longqa, ruler_hotpotqa, searchqa
 
 ConfigDict = ml_collections.ConfigDict
@@ -328,11 +327,7 @@ def validate_eval_config(cfg: ConfigDict, check_paths: bool = True) -> None:
   for field in ("prompt_max_tokens", "chunk_size", "memory_max_tokens", "answer_max_tokens"):
     if cfg.agent[field] < 1:
       raise ValueError(f"agent.{field}={cfg.agent[field]} must be >= 1")
-  check_cache_dtype(cfg.sampling.cache_dtype)
-  check_kernel_setting(cfg.sampling.decode_attention, "sampling.decode_attention")
-  check_kernel_setting(cfg.sampling.decode_matmul, "sampling.decode_matmul")
-  check_kernel_setting(cfg.sampling.prefill_matmul, "sampling.prefill_matmul")
-  check_decode_step_tokens(cfg.sampling.decode_step_tokens)
+  check_sampler_settings(cfg.sampling)
   _positive("sampling.prompt_buckets", cfg.sampling.prompt_buckets)
   _positive("sampling.batch_buckets", cfg.sampling.batch_buckets)
   if not (cfg.long_qa.enabled or cfg.search_qa.enabled):

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from memtrain_jax import models
 from memtrain_jax import sharding as shd
 from memtrain_jax.agent import search_rollout
+from memtrain_jax.config_lib import sampler_settings
 from memtrain_jax.evaluation import config as config_lib
 from memtrain_jax.evaluation import longqa, report, searchqa
 from memtrain_jax.evaluation.cells import CellSpec, CellStore, fingerprint
@@ -101,11 +102,7 @@ def long_qa_sampler_config(cfg) -> SamplerConfig:
   return SamplerConfig(prompt_buckets=prompt_buckets(cfg.sampling.prompt_buckets, longest),
                        batch_buckets=tuple(cfg.sampling.batch_buckets),
                        max_new_tokens=max(agent.memory_max_tokens, agent.answer_max_tokens),
-                       cache_dtype=cfg.sampling.cache_dtype,
-                       decode_attention=cfg.sampling.decode_attention,
-                       decode_matmul=cfg.sampling.decode_matmul,
-                       prefill_matmul=cfg.sampling.prefill_matmul,
-                       decode_step_tokens=cfg.sampling.decode_step_tokens)
+                       **sampler_settings(cfg.sampling))
 
 
 def search_sampler_config(cfg) -> SamplerConfig:
@@ -117,11 +114,7 @@ def search_sampler_config(cfg) -> SamplerConfig:
                        batch_buckets=tuple(cfg.sampling.batch_buckets),
                        max_new_tokens=sq.max_response_tokens,
                        stop_strings=search_rollout.STOP_STRINGS,
-                       cache_dtype=cfg.sampling.cache_dtype,
-                       decode_attention=cfg.sampling.decode_attention,
-                       decode_matmul=cfg.sampling.decode_matmul,
-                       prefill_matmul=cfg.sampling.prefill_matmul,
-                       decode_step_tokens=cfg.sampling.decode_step_tokens)
+                       **sampler_settings(cfg.sampling))
 
 
 # ----------------------------------------------------------------------------------------------

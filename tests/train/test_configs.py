@@ -123,6 +123,22 @@ def test_validate_rejects_an_unknown_kernel_setting(field):
     config_lib.validate(cfg)
 
 
+def test_the_sampler_gets_the_sampling_settings():
+  """Training's and evaluation's `SamplerConfig`s carry every setting `sampler_settings` names."""
+  from memtrain_jax import train
+  from memtrain_jax.evaluation import config as eval_config_lib, runner
+  settings = dict(cache_dtype="float32", decode_attention="xla", decode_matmul="kernel",
+                  prefill_matmul="xla", decode_step_tokens=7)
+  assert set(config_lib.sampler_settings(config_lib.base_config().sampling)) == set(settings)
+  cfg = config_lib.load_config(os.path.join(REPO, "configs", "default.py"),
+                               [f"--config.sampling.{k}={v}" for k, v in settings.items()])
+  eval_cfg = eval_config_lib.eval_config()
+  eval_cfg.sampling.update(settings)
+  for sampler_config in (train.sampler_config(cfg), runner.long_qa_sampler_config(eval_cfg),
+                         runner.search_sampler_config(eval_cfg)):
+    assert {k: getattr(sampler_config, k) for k in settings} == settings
+
+
 def test_validate_rejects_a_negative_decode_step_cost():
   cfg = config_lib.load_config(os.path.join(REPO, "configs", "default.py"),
                                ["--config.sampling.decode_step_tokens=-1"])
