@@ -177,6 +177,36 @@ inline void AddScaledRow(Vec (&acc)[kG][kParts], const CT* row, const float* sca
   }
 }
 
+// The next (row, KV head) pair's attended K rows, prefetched a few cache lines per step of this
+// pair's scores pass, so that they arrive while this pair computes. The scores pass reads its K
+// rows a window at a time, 64 rows of a few lines each at a stride of the capacity, which the
+// hardware prefetchers do not run ahead of: each window waited on its lines. SmolLM2's 30 layers
+// at batch 32 over 256 slots on a 2-core AMD EPYC (Zen 4), through XLA, alternating processes:
+// 13.4-15.4 ms against 17.2-18.9 ms without.
+struct NextRowsPrefetch {
+  const char* first = nullptr;  // the line holding the first attended slot of row 0
+  int64_t row_stride = 0;       // bytes between rows
+  int64_t lines_per_row = 0, total = 0, issued = 0, per_step = 0;
+
+  // `rows` rows of `bytes` bytes from `data`, `stride` bytes apart, over `steps` calls of Step().
+  NextRowsPrefetch(const void* data, int64_t rows, int64_t bytes, int64_t stride, int64_t steps) {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(data);
+    first = reinterpret_cast<const char*>(address & ~uintptr_t{63});
+    lines_per_row = (static_cast<int64_t>(address & 63) + bytes + 63) / 64;
+    row_stride = stride;
+    total = bytes > 0 ? rows * lines_per_row : 0;
+    per_step = (total + std::max<int64_t>(steps, 1) - 1) / std::max<int64_t>(steps, 1);
+  }
+  NextRowsPrefetch() = default;
+
+  void Step() {
+    for (const int64_t end = std::min(total, issued + per_step); issued < end; ++issued) {
+      __builtin_prefetch(first + (issued / lines_per_row) * row_stride +
+                             (issued % lines_per_row) * 64, 0, 1);
+    }
+  }
+};
+
 // Key slots per block of scores: four vectors (64 with AVX-512, 32 with AVX2). The scores of
 // kScoreHeads query heads at a time (4 with AVX-512, 2 with AVX2) fill kSumRegisters.
 constexpr int64_t kBlock = 4 * kLanes;
@@ -190,10 +220,12 @@ constexpr int kScoreHeads = std::max(1, kSumRegisters / 4);
 //
 // When v_block is given, the n V rows there ([n, head_dim], spread over the head_dim iterations)
 // are prefetched meanwhile, so that the value sum finds them in cache: the scores pass then
-// overlaps the V stream's memory latency with its own work.
+// overlaps the V stream's memory latency with its own work. When next_k is given, it takes one
+// step per iteration.
 template <int kG, typename CT>
 void ScoreWindow(const float* q, int64_t head_dim, const CT* k_window, int64_t slots,
-                 float* out, int64_t out_stride, int64_t skip, int64_t n, const CT* v_block) {
+                 float* out, int64_t out_stride, int64_t skip, int64_t n, const CT* v_block,
+                 NextRowsPrefetch* next_k) {
   constexpr int kParts = kBlock / kLanes;
   constexpr int64_t kPrefetchBytes = kBlock * sizeof(CT);  // per d: kBlock V rows over head_dim
   const int64_t v_bytes = v_block != nullptr ? n * head_dim * sizeof(CT) : 0;
@@ -202,6 +234,7 @@ void ScoreWindow(const float* q, int64_t head_dim, const CT* k_window, int64_t s
     for (int64_t b = d * kPrefetchBytes; b < std::min(v_bytes, (d + 1) * kPrefetchBytes); b += 64) {
       __builtin_prefetch(reinterpret_cast<const char*>(v_block) + b, 0, 2);
     }
+    if (next_k != nullptr) next_k->Step();
     AddScaledRow(acc, k_window + d * slots, q + d, head_dim);
   }
   for (int g = 0; g < kG; ++g) {
@@ -260,11 +293,11 @@ struct Dims {
 // One (row, KV head) pair: its G query heads against the cached slots [lo, lo + cached), then,
 // when k_self is given, one more slot whose K and V (head_dim floats each) are k_self and v_self.
 // kD is the head dim when known at compile time (the value sums then live in registers), 0
-// otherwise.
+// otherwise. next_k (or null) is the next pair's K to prefetch during the scores pass.
 template <int kD, typename QT, typename CT>
 void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& dims, int64_t lo,
                  int64_t cached, const float* k_self, const float* v_self,
-                 std::vector<float>& scratch) {
+                 std::vector<float>& scratch, NextRowsPrefetch* next_k) {
   const int64_t group = dims.group();
   const int64_t head_dim = kD > 0 ? kD : dims.head_dim;
   const int64_t slots = dims.slots;
@@ -304,7 +337,8 @@ void AttendGroup(const QT* q, const CT* k_t, const CT* v, QT* out, const Dims& d
       ForHeadChunks<kScoreHeads>(group, [&](int64_t g0, auto heads) {
         ScoreWindow<decltype(heads)::value>(q_scaled + g0 * head_dim, head_dim, k_t + window,
                                             slots, scores + g0 * len + j0, len, first - window, n,
-                                            g0 == 0 ? v + first * head_dim : nullptr);
+                                            g0 == 0 ? v + first * head_dim : nullptr,
+                                            g0 == 0 ? next_k : nullptr);
       });
       continue;
     }
@@ -395,8 +429,17 @@ struct Scratch {
   std::vector<float> self;
 };
 
+// The slots [lo, lo + n) row b attends from the cache (n counts the slot being written).
+inline void AttendedSlots(const int32_t* start, int32_t slot, const Dims& dims, int64_t b,
+                          int64_t* lo, int64_t* n) {
+  *lo = std::clamp<int64_t>(start[b], 0, dims.slots);
+  *n = std::max<int64_t>(std::clamp<int64_t>(int64_t{slot} + 1, 0, dims.slots) - *lo, 0);
+}
+
+// One (row, KV head) pair; with prefetch_next, the next pair's K rows are prefetched meanwhile.
 template <int kD, typename QT, typename CT>
-void AttendPair(const Operands<QT, CT>& x, const Dims& dims, int64_t pair, Scratch& scratch) {
+void AttendPair(const Operands<QT, CT>& x, const Dims& dims, int64_t pair, bool prefetch_next,
+                Scratch& scratch) {
   const int64_t b = pair / dims.kv_heads, k = pair % dims.kv_heads;
   const int64_t group = dims.group(), head_dim = dims.head_dim, slots = dims.slots;
   const int64_t heads_offset = (b * dims.heads + k * group) * head_dim;
@@ -405,14 +448,14 @@ void AttendPair(const Operands<QT, CT>& x, const Dims& dims, int64_t pair, Scrat
   CT* v = x.v + cache_offset;
   const QT* k_new = x.k_new + pair * head_dim;
   const QT* v_new = x.v_new + pair * head_dim;
-  const int64_t lo = std::clamp<int64_t>(x.start[b], 0, slots);
+  int64_t lo, cached;
+  AttendedSlots(x.start, x.slot, dims, b, &lo, &cached);
   const bool writes = x.slot >= 0 && x.slot < slots;
   // The new slot is attended from k_new / v_new (as the cache will hold them) and written only
   // afterwards: by then the lines of the K column were read with the last block of slots, so the
   // strided write hits the cache instead of waiting on memory line by line.
   const float* k_self = nullptr;
   const float* v_self = nullptr;
-  int64_t cached = std::clamp<int64_t>(static_cast<int64_t>(x.slot) + 1, 0, slots) - lo;
   if (writes && lo <= x.slot) {
     scratch.self.resize(2 * head_dim);
     float* self = scratch.self.data();
@@ -424,8 +467,19 @@ void AttendPair(const Operands<QT, CT>& x, const Dims& dims, int64_t pair, Scrat
     v_self = self + head_dim;
     cached -= 1;
   }
+  NextRowsPrefetch next_k;
+  if (prefetch_next) {
+    // The next pair's K rows, over this pair's scores pass: head_dim steps per block of slots.
+    const int64_t next_b = (pair + 1) / dims.kv_heads;
+    int64_t next_lo, next_n;
+    AttendedSlots(x.start, x.slot, dims, next_b, &next_lo, &next_n);
+    next_k = NextRowsPrefetch(x.k_t + cache_offset + head_dim * slots + next_lo, head_dim,
+                              next_n * int64_t{sizeof(CT)}, slots * int64_t{sizeof(CT)},
+                              (cached + kBlock - 1) / kBlock * head_dim);
+  }
   AttendGroup<kD>(x.q + heads_offset, static_cast<const CT*>(k_t), static_cast<const CT*>(v),
-                  x.out + heads_offset, dims, lo, cached, k_self, v_self, scratch.attention);
+                  x.out + heads_offset, dims, lo, cached, k_self, v_self, scratch.attention,
+                  prefetch_next ? &next_k : nullptr);
   if (writes) {
     for (int64_t d = 0; d < head_dim; ++d) Store(k_t, d * slots + x.slot, Widen(k_new[d]));
     for (int64_t d = 0; d < head_dim; ++d) Store(v, x.slot * head_dim + d, Widen(v_new[d]));
@@ -434,15 +488,17 @@ void AttendPair(const Operands<QT, CT>& x, const Dims& dims, int64_t pair, Scrat
 
 template <int kD, typename QT, typename CT>
 void Attend(ffi::ThreadPool& pool, const Operands<QT, CT>& operands, const Dims& dims) {
-  // One (row, KV head) pair per piece: pairs are few (batch x KV heads) and each is a whole
-  // attention over the row's slots.
-  memtrain::ParallelFor(pool, dims.batch * dims.kv_heads, /*grain=*/1,
-                        [x = operands, dims](int64_t first, int64_t last) {
-                          thread_local Scratch scratch;
-                          for (int64_t pair = first; pair < last; ++pair) {
-                            AttendPair<kD>(x, dims, pair, scratch);
-                          }
-                        });
+  // Pieces of consecutive (row, KV head) pairs, about two per thread: within a piece each pair
+  // prefetches the next one's K (adjacent in the cache), and the pieces still balance threads
+  // that start late. Each pair is a whole attention over its row's slots.
+  const int64_t pairs = dims.batch * dims.kv_heads;
+  const int64_t grain = std::max<int64_t>(1, pairs / (2 * std::max<int64_t>(pool.num_threads(), 1)));
+  memtrain::ParallelFor(pool, pairs, grain, [x = operands, dims](int64_t first, int64_t last) {
+    thread_local Scratch scratch;
+    for (int64_t pair = first; pair < last; ++pair) {
+      AttendPair<kD>(x, dims, pair, /*prefetch_next=*/pair + 1 < last, scratch);
+    }
+  });
 }
 
 template <typename QT, typename CT>
