@@ -492,7 +492,8 @@ void Attend(ffi::ThreadPool& pool, const Operands<QT, CT>& operands, const Dims&
   // prefetches the next one's K (adjacent in the cache), and the pieces still balance threads
   // that start late. Each pair is a whole attention over its row's slots.
   const int64_t pairs = dims.batch * dims.kv_heads;
-  const int64_t grain = std::max<int64_t>(1, pairs / (2 * std::max<int64_t>(pool.num_threads(), 1)));
+  const int64_t threads = std::max<int64_t>(pool.num_threads(), 1);
+  const int64_t grain = std::max<int64_t>(1, pairs / (2 * threads));
   memtrain::ParallelFor(pool, pairs, grain, [x = operands, dims](int64_t first, int64_t last) {
     thread_local Scratch scratch;
     for (int64_t pair = first; pair < last; ++pair) {
