@@ -343,13 +343,16 @@ def agent_documents(tokenizer, num_docs, num_chunks, chunk_tokens, rng):
 
 def time_programs(sampler) -> dict:
   """Makes the sampler's prefill and decode programs block and add their wall-clock seconds to the
-  returned dict (keys "prefill", "decode"). Benchmark only: the sampler otherwise dispatches decode
-  while prefill still runs, which these syncs give up (the memory agent's seconds per chunk
-  measured the same with and without them: 2.90-3.14 against 2.99-3.15 s)."""
-  seconds = {"prefill": 0.0, "decode": 0.0}
+  returned dict (keys "prefill", "decode"), and counts the prompt tokens prefill ran, padding
+  included ("prefill_tokens"). Benchmark only: the sampler otherwise dispatches decode while
+  prefill still runs, which these syncs give up (the memory agent's seconds per chunk measured
+  the same with and without them: 2.90-3.14 against 2.99-3.15 s)."""
+  seconds = {"prefill": 0.0, "decode": 0.0, "prefill_tokens": 0}
 
   def timed(name, program):
     def run(*args, **kwargs):
+      if name == "prefill":
+        seconds["prefill_tokens"] += int(np.size(args[1]))  # (params, tokens [rows, bucket], ...)
       t0 = time.perf_counter()
       out = jax.block_until_ready(program(*args, **kwargs))
       seconds[name] += time.perf_counter() - t0
@@ -393,11 +396,13 @@ def bench_agent_scaling(config, params, tokenizer, chunk_counts, g1, chunk_token
       res["runs"].append(dt)
       res.setdefault("prefill", []).append(program_seconds["prefill"] - before_programs["prefill"])
       res.setdefault("decode", []).append(program_seconds["decode"] - before_programs["decode"])
+      res["prefill_tokens"] = program_seconds["prefill_tokens"] - before_programs["prefill_tokens"]
       res["loads"].append(os.getloadavg()[0])
       res["memory_tokens"] = memory_tokens_made
       res["compiles"] = res.get("compiles", 0) + sampler.num_compiles() - before
       log(f"  {n} chunks, run {r + 1}: {dt:.1f} s, {dt / n:.2f} s/chunk (prefill "
           f"{res['prefill'][-1] / n:.2f}, decode {res['decode'][-1] / n:.2f}), "
+          f"{res['prefill_tokens'] / n:.0f} padded prompt tokens/chunk, "
           f"{memory_tokens_made} memory tokens, compiles {sampler.num_compiles() - before}, "
           f"load {res['loads'][-1]:.1f}")
   for n, res in out.items():
@@ -516,7 +521,11 @@ def main():
   new_tokens = 16 if quick else 128
   batches = (8,) if quick else (8, 32)
   prompt_len = 64 if quick else 128
-  g1, chunk_words, memory_tokens = (2, 40, 8) if quick else (4, 200, 32)
+  # 170-word chunks: with the 32-token memory the agent's prompts are 324-360 tokens, inside the
+  # 384 bucket at every step. At 200 words they were 383-389 and some steps of each document were
+  # padded to 512, more of them in some documents than in others: (3) then compared prompt
+  # lengths, not the loop's cost per chunk.
+  g1, chunk_words, memory_tokens = (2, 40, 8) if quick else (4, 170, 32)
   load_start = os.getloadavg()
   blocks = {}
   if "1" in sections or "2" in sections:
@@ -630,21 +639,23 @@ def main():
         f"{memory_tokens} tokens, ~{chunk_words}-word chunks, the trainer's prompt buckets "
         f"{AGENT_PROMPT_BUCKETS})", "",
         "| chunks | total s | s / chunk | of which prefill | of which decode | s / chunk, every run "
-        "| memory tokens generated | load |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| memory tokens generated | prefill tokens / chunk, padded | load |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for n, v in scaling.items():
       every = ", ".join(f"{t / n:.2f}" for t in v["runs"])
       blocks["3"].append(f"| {n} | {v['seconds']:.1f} | {v['per_chunk']:.2f} "
                          f"| {v['prefill_per_chunk']:.2f} | {v['decode_per_chunk']:.2f} | {every} | "
-                         f"{v['memory_tokens']} | {v['load']:.1f} |")
+                         f"{v['memory_tokens']} | {v['prefill_tokens'] / n:.0f} | {v['load']:.1f} |")
     blocks["3"] += [
         "", f"Best of {args.repeats} interleaved runs per length (the same document and seed each "
         f"run). Spread of the best s/chunk (max-min)/min: {100 * spread:.0f}% (goal: flat within "
-        "15%). Memory tokens generated per chunk are the same at every length, so the work per "
-        "chunk is constant; compare the every-run column and the load before reading a spread as "
-        "a cost of the loop. Prefill and decode: the seconds per chunk of the sampler's prefill and "
-        "decode programs, each timed to completion (the rest is the agent's host work: prompts, "
-        "tokenizing, recall rows).", ""]
+        "15%). Memory tokens generated per chunk are the same at every length, and every step's "
+        "prompt falls in the same bucket (prefill tokens / chunk: the prompt tokens prefill ran, "
+        "padding included, per chunk; the final answer's prompt adds a little at every length), so "
+        "the work per chunk is constant; compare the every-run column and the load before reading "
+        "a spread as a cost of the loop. Prefill and decode: the seconds per chunk of the sampler's "
+        "prefill and decode programs, each timed to completion (the rest is the agent's host work: "
+        "prompts, tokenizing, recall rows).", ""]
   if "4" in sections:
     log("(4) prefix sharing")
     sharing = bench_prefix_sharing(config, params, tokenizer, 256 if quick else 1024, 8, log)

@@ -6,10 +6,12 @@ score and value dots of this step on one thread and over the cache's whole capac
 reads only each row's attended slots, and writes the token's K/V into the cache in place (the
 cache buffers are aliased to its results), which XLA:CPU cannot do for a bf16 cache. The query
 heads that share a KV head are scored and summed together, so each K and V row is read and
-widened once, its register blocks sized to the host's vectors (`cpu_vectors.h`). SmolLM2-135M,
-batch 32, all 256 slots attended, 30 layers on 2 cores: 16-17 ms against 38-41 ms on an AVX-512
-Xeon (13 ms with a bf16 cache), 19-22 against 48-68 ms on an AVX2 EPYC, and less when rows attend
-fewer slots (`experiments/bench_rollout.py` (2)).
+widened once, its register blocks sized to the host's vectors (`cpu_vectors.h`), and each pair
+prefetches the next pair's K rows while it computes. SmolLM2-135M, batch 32, all 256 slots
+attended, 30 layers on 2 cores: 16-17 ms against 38-41 ms on an AVX-512 Xeon (13 ms with a bf16
+cache), 19-22 against 48-68 ms on an AVX2 EPYC (Zen 3; both before the prefetch), 17-22 against
+31-33 ms on an AVX-512 EPYC (Zen 4), and less when rows attend fewer slots
+(`experiments/bench_rollout.py` (2)).
 
 The kernel is C++ (`decode_attention_cpu.cc`), built on first use with the other CPU kernels
 (`kernels.cpu_library`, which says how and where). Without a working compiler the sampler's
