@@ -9,8 +9,8 @@ heads that share a KV head are scored and summed together, so each K and V row i
 widened once, its register blocks sized to the host's vectors (`cpu_vectors.h`), and each pair
 prefetches the next pair's K rows while it computes. SmolLM2-135M, batch 32, all 256 slots
 attended, 30 layers on 2 cores: 16-17 ms against 38-41 ms on an AVX-512 Xeon (13 ms with a bf16
-cache), 19-22 against 48-68 ms on an AVX2 EPYC (Zen 3; both before the prefetch), 17-22 against
-31-33 ms on an AVX-512 EPYC (Zen 4), and less when rows attend fewer slots
+cache), 19-22 against 48-68 ms on an AVX2 EPYC (Zen 3; both before the prefetch), 15-22 against
+31-37 ms on an AVX-512 EPYC (Zen 4), and less when rows attend fewer slots
 (`experiments/bench_rollout.py` (2)).
 
 The kernel is C++ (`decode_attention_cpu.cc`), built on first use with the other CPU kernels
