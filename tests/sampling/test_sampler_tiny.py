@@ -250,10 +250,13 @@ def test_prompts_of_two_buckets_merged_or_apart_give_the_same_completions(params
     runs[step_tokens] = (out, sorted(p[1] for p in s.programs_built if p[0] == "prefill"))
   assert runs[64][1] == [(4, 32)]
   assert runs[0][1] == [(2, 16), (2, 32)]
+  # The plans pad the prompts to different lengths, so prefill's attention reduces over different
+  # shapes: float32 differences up to ~1.2e-5 (2-core AMD EPYC Zen 4). A row given another row's
+  # prompt or cache would differ by far more than the other log-prob checks' 1e-4.
   for a, b, x, y in zip(runs[64][0].tokens, runs[0][0].tokens, runs[64][0].logprobs,
                         runs[0][0].logprobs):
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(x, y, atol=1e-5)
+    np.testing.assert_allclose(x, y, atol=1e-4)
 
 
 def test_more_rows_than_the_largest_batch_bucket(params, sampler):
