@@ -186,23 +186,31 @@ inline void AddScaledRow(Vec (&acc)[kG][kParts], const CT* row, const float* sca
 struct NextRowsPrefetch {
   const char* first = nullptr;  // the line holding the first attended slot of row 0
   int64_t row_stride = 0;       // bytes between rows
-  int64_t lines_per_row = 0, total = 0, issued = 0, per_step = 0;
+  int64_t rows = 0, lines_per_row = 0, per_step = 0;
+  int64_t row = 0, line = 0;    // the next line to prefetch
 
   // `rows` rows of `bytes` bytes from `data`, `stride` bytes apart, over `steps` calls of Step().
-  NextRowsPrefetch(const void* data, int64_t rows, int64_t bytes, int64_t stride, int64_t steps) {
+  NextRowsPrefetch(const void* data, int64_t num_rows, int64_t bytes, int64_t stride,
+                   int64_t steps) {
     const uintptr_t address = reinterpret_cast<uintptr_t>(data);
     first = reinterpret_cast<const char*>(address & ~uintptr_t{63});
     lines_per_row = (static_cast<int64_t>(address & 63) + bytes + 63) / 64;
     row_stride = stride;
-    total = bytes > 0 ? rows * lines_per_row : 0;
-    per_step = (total + std::max<int64_t>(steps, 1) - 1) / std::max<int64_t>(steps, 1);
+    rows = bytes > 0 ? num_rows : 0;
+    per_step = (rows * lines_per_row + std::max<int64_t>(steps, 1) - 1) /
+               std::max<int64_t>(steps, 1);
   }
   NextRowsPrefetch() = default;
 
+  // The next per_step lines, row by row (counters rather than a division per line: this runs in
+  // the scores pass's inner loop).
   void Step() {
-    for (const int64_t end = std::min(total, issued + per_step); issued < end; ++issued) {
-      __builtin_prefetch(first + (issued / lines_per_row) * row_stride +
-                             (issued % lines_per_row) * 64, 0, 1);
+    for (int64_t i = 0; i < per_step && row < rows; ++i) {
+      __builtin_prefetch(first + row * row_stride + line * 64, 0, 1);
+      if (++line == lines_per_row) {
+        line = 0;
+        ++row;
+      }
     }
   }
 };
