@@ -42,6 +42,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from memtrain_jax import paths, sharding
+
 _STATE = "state"
 _EXTRA = "extra"
 
@@ -102,7 +104,7 @@ class Checkpointer:
         max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
         # `step_end` decides when to save; the manager saves whatever it is given.
         save_interval_steps=1)
-    self._manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options)
+    self._manager = ocp.CheckpointManager(paths.as_path(directory), options=options)
     self._previous_handlers: dict[int, Any] = {}
     if handle_signals:
       self._install_signal_handlers()
@@ -152,10 +154,18 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def _preemption_notice(self, step: int) -> bool:
-    # JAX's preemption sync point exists only on multi-process jobs (TPU pods): every host then
-    # agrees on the same step to save, even though only one received the signal.
-    if jax.process_count() > 1 and self._manager.reached_preemption(step):
-      self.request_stop("preemption notice")
+    """Whether to stop after `step`, agreed by every process of a multi-process job.
+
+    A signal may reach one host only (or reach them in different steps), but every process must
+    save the same step and leave the loop together, or the others would wait forever in the
+    next step's collectives. So the processes share their stop flags at every boundary (a tiny
+    all-gather), and JAX's preemption sync point adds the TPU maintenance notices.
+    """
+    if jax.process_count() > 1:
+      if self._manager.reached_preemption(step):
+        self.request_stop("preemption notice")
+      if sharding.any_process(self.stop.requested) and not self.stop.requested:
+        self.request_stop("stop requested by another process")
     return self.stop.requested
 
   def save(self, step: int, state: Any, extra: dict[str, Any] | None = None) -> bool:

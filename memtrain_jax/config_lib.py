@@ -185,6 +185,10 @@ def base_config() -> ConfigDict:
   cfg.train.log_every = 1
   cfg.train.dump_rollouts_every = 10  # 0 = never
   cfg.train.dump_rollouts_count = 2  # rollouts per dump
+  # A non-finite loss or gradient skips its update (params and optimizer state unchanged, counted
+  # in train/skipped_updates); this many skipped updates in a row stop the run with an error,
+  # leaving the last checkpoint as it was.
+  cfg.train.max_consecutive_skipped = 3
 
   cfg.checkpoint = ConfigDict()
   cfg.checkpoint.every = 50  # steps; 0 = only at the end and on SIGTERM
@@ -479,6 +483,9 @@ def validate(cfg: ConfigDict) -> None:
   check_sampler_settings(cfg.sampling)
   if cfg.objectives.end_to_end.num_rollouts < 1 or cfg.objectives.recall.num_samples < 1:
     raise ValueError("objectives.*.num_rollouts / num_samples must be >= 1")
+  if cfg.train.max_consecutive_skipped < 1:
+    raise ValueError(f"train.max_consecutive_skipped={cfg.train.max_consecutive_skipped}: use >= 1 "
+                     "(skipped non-finite updates in a row before the run stops)")
   if cfg.rl.ppo_epochs < 1 or cfg.rl.num_mini_batches < 1:
     raise ValueError("rl.ppo_epochs and rl.num_mini_batches must be >= 1")
   agent = cfg.agent
@@ -506,7 +513,8 @@ def validate(cfg: ConfigDict) -> None:
 # preempted job may come back on another slice). Any other change would splice two different runs
 # into one checkpoint history.
 RESUME_MAY_CHANGE = ("train.num_steps", "train.log_every", "train.dump_rollouts_every",
-                     "train.dump_rollouts_count", "checkpoint.", "mesh.")
+                     "train.dump_rollouts_count", "train.max_consecutive_skipped", "checkpoint.",
+                     "mesh.")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import numbers
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,11 +30,14 @@ from typing import Any, TextIO
 
 import jax
 import numpy as np
+from etils import epath
+
+from memtrain_jax import paths, sharding
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
   """The scalar entries of `metrics` as Python floats (device arrays are fetched once)."""
-  host = jax.device_get(dict(metrics))
+  host = sharding.to_host(dict(metrics))
   out = {}
   for name, value in host.items():
     is_array_scalar = isinstance(value, np.ndarray) and value.size == 1
@@ -114,17 +116,47 @@ class ProgressLine:
       self.stream.flush()
 
 
+class _RewrittenFile:
+  """Append-only text file on object storage: GCS objects cannot be appended to (gcsfs treats mode
+  'a' as 'w', and its writes only land on close), so the whole text, the earlier
+  contents included, is written again as one object on every flush."""
+
+  def __init__(self, path: epath.Path):
+    self.path = path
+    self._parts = [path.read_text()] if path.exists() else []
+    self._dirty = False
+
+  def write(self, text: str) -> int:
+    self._parts.append(text)
+    self._dirty = True
+    return len(text)
+
+  def flush(self) -> None:
+    if self._dirty:
+      self._parts = ["".join(self._parts)]
+      self.path.write_text(self._parts[0])
+      self._dirty = False
+
+  def close(self) -> None:
+    self.flush()
+
+
+def _open_for_append(path: epath.Path) -> TextIO | _RewrittenFile:
+  """`path` opened for appending text: a real append locally, `_RewrittenFile` on a URL."""
+  return path.open("a") if paths.is_local(path) else _RewrittenFile(path)
+
+
 class MetricsWriter:
   """Writes each step's scalars to TensorBoard and JSONL and shows a progress line."""
 
-  def __init__(self, workdir: str | os.PathLike, *, total_steps: int, tensorboard: bool = True,
+  def __init__(self, workdir: epath.PathLike, *, total_steps: int, tensorboard: bool = True,
                console: bool = True, reward_key: str = "rewards/e2e_mean",
                stream: TextIO | None = None, write_process: bool | None = None):
     """Opens the writers under `workdir` (appending, so a resumed run continues the same files).
 
     Args:
-      workdir: the run's directory; events go to workdir/tensorboard, lines to
-        workdir/metrics.jsonl.
+      workdir: the run's directory (a local path or a URL such as gs://bucket/run); events go
+        to workdir/tensorboard, lines to workdir/metrics.jsonl.
       total_steps: for the progress line and ETA.
       tensorboard: write TensorBoard event files (tensorboardX).
       console: show the progress line.
@@ -133,7 +165,7 @@ class MetricsWriter:
       write_process: whether this process writes files; default: only process 0 of a multi-host
         job (every host computes the same replicated metrics).
     """
-    self.workdir = os.fspath(workdir)
+    self.workdir = paths.as_path(workdir)
     self.total_steps = total_steps
     self.reward_key = reward_key
     self._enabled = jax.process_index() == 0 if write_process is None else write_process
@@ -143,11 +175,12 @@ class MetricsWriter:
     self._start_time = time.time()
     self._start_step: int | None = None
     if self._enabled:
-      os.makedirs(self.workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(self.workdir, "metrics.jsonl"), "a")
+      self.workdir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = _open_for_append(self.workdir / "metrics.jsonl")
       if tensorboard:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+        # A string logdir: tensorboardX writes gs:// itself (str() of a gs:// epath stays a URL).
+        self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, Any], *, tokens: float | None = None) -> dict:
     """Records one step's metrics.
@@ -256,16 +289,18 @@ def format_rollout(example: RolloutExample, *, excerpt_chars: int = 600) -> str:
   return "\n".join(lines)
 
 
-def dump_rollouts(workdir: str | os.PathLike, step: int, examples: Sequence[RolloutExample], *,
+def dump_rollouts(workdir: epath.PathLike, step: int, examples: Sequence[RolloutExample], *,
                   max_examples: int = 2, excerpt_chars: int = 600) -> str:
-  """Writes a few rollouts as text to workdir/rollouts/step_<step>.txt; returns the path."""
-  directory = os.path.join(os.fspath(workdir), "rollouts")
-  os.makedirs(directory, exist_ok=True)
-  path = os.path.join(directory, f"step_{step:06d}.txt")
+  """Writes a few rollouts as text to workdir/rollouts/step_<step>.txt; returns the path (a str).
+
+  `workdir` may be a local path or a URL such as gs://bucket/run (then the URL is returned).
+  """
+  directory = paths.as_path(workdir) / "rollouts"
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / f"step_{step:06d}.txt"
   rule = "=" * 100
   blocks = [f"{rule}\nstep {step}, rollout {i}\n{rule}\n" +
             format_rollout(example, excerpt_chars=excerpt_chars)
             for i, example in enumerate(examples[:max_examples])]
-  with open(path, "w") as f:
-    f.write("\n\n".join(blocks) + "\n")
-  return path
+  path.write_text("\n\n".join(blocks) + "\n")
+  return str(path)

@@ -10,8 +10,11 @@ One mesh with axes ('data', 'fsdp', 'tensor'). Every array names its dimensions 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
+import time
 from typing import Any, Sequence
 
 import jax
@@ -158,28 +161,150 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def put_host_array(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """Places a host array on its sharding; each device receives only its own shard."""
+# ----------------------------------------------------------------------------------------------
+# Where host arrays meet global arrays. On a multi-process job (TPU pod slice, multi-node GPU) a
+# global array's shards live on every process's devices; a process can read only its own. These
+# two helpers are the package's only crossings between host numpy and global arrays, so the same
+# code runs on one process or many.
+
+
+@dataclasses.dataclass
+class TransferStats:
+  """Wall time this process spent fetching device arrays to the host (`to_host`), cumulative.
+
+  On a multi-process job a fetch of an array that spans other processes is a collective
+  (`process_allgather`): every process waits for the slowest, so this is where host imbalance
+  shows.
+  """
+  seconds: float = 0.0
+  calls: int = 0
+  gathered_calls: int = 0  # calls that needed a cross-process gather
+
+  def snapshot(self) -> dict[str, float]:
+    return {"seconds": self.seconds, "calls": float(self.calls),
+            "gathered_calls": float(self.gathered_calls)}
+
+
+TRANSFERS = TransferStats()
+
+
+def put_host_array(array: np.ndarray, sharding: NamedSharding, *,
+                   process_local: bool = False) -> jax.Array:
+  """A host array placed on `sharding`; each device receives only its own shard.
+
+  Args:
+    array: with `process_local=False` (the default), the whole global array, the same on every
+      process (each process slices out its own devices' shards). With `process_local=True`, only
+      this process's rows: the global array is the concatenation, in process order, of every
+      process's `array` along axis 0 (`jax.make_array_from_process_local_data`).
+    sharding: the target sharding over the global mesh.
+  """
+  array = np.asarray(array)
+  if process_local and jax.process_count() > 1:
+    global_shape = (array.shape[0] * jax.process_count(),) + array.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, array, global_shape)
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def to_host(tree: Any) -> Any:
+  """A pytree of (global) device arrays as numpy arrays holding the whole global value.
+
+  Arrays whose shards this process holds in full (one process, or replicated outputs) are copied
+  as `jax.device_get` would; arrays that span other processes' devices are gathered with
+  `multihost_utils.process_allgather`, a collective: on a multi-process job every process must
+  call this with the same arrays, in the same order. Other leaves pass through unchanged.
+  """
+  start = time.perf_counter()
+  leaves, treedef = jax.tree.flatten(tree)
+  spans = [isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated)
+           for x in leaves]
+  if any(spans):
+    from jax.experimental import multihost_utils
+    gathered = multihost_utils.process_allgather([x for x, s in zip(leaves, spans) if s],
+                                                 tiled=True)
+    it = iter(gathered)
+    leaves = [next(it) if s else x for x, s in zip(leaves, spans)]
+    TRANSFERS.gathered_calls += 1
+  out = [np.asarray(x) if isinstance(x, (jax.Array, np.ndarray)) else x
+         for x in jax.device_get(leaves)]
+  TRANSFERS.seconds += time.perf_counter() - start
+  TRANSFERS.calls += 1
+  return jax.tree.unflatten(treedef, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes.
+
+
+def is_primary() -> bool:
+  """Whether this is process 0, the one that writes metrics, dumps, configs and exports."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """A barrier across processes (no-op on one): e.g. process 0 built the data, the others wait."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is True on any (a collective; False alone on one)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  flags = multihost_utils.process_allgather(np.asarray([flag], np.int32), tiled=True)
+  return bool(np.asarray(flags).any())
+
+
+def from_primary(value: Any) -> Any:
+  """Process 0's `value` (JSON-able) on every process; `value` itself on a one-process job.
+
+  A collective on a multi-process job: every process calls it at the same point (the others'
+  `value` is ignored). The JSON text travels as bytes, padded to a power of two so that a run
+  compiles few broadcast programs; floats survive it bit for bit.
+  """
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  data = json.dumps(value).encode("utf-8") if is_primary() else b""
+  size = int(multihost_utils.broadcast_one_to_all(np.asarray(len(data), np.int32)))
+  buffer = np.zeros(1 << max(size - 1, 0).bit_length(), np.uint8)
+  buffer[:len(data)] = np.frombuffer(data, np.uint8)
+  received = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+  return json.loads(received[:size].tobytes().decode("utf-8"))
 
 
 def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                                  process_id: int | None = None) -> bool:
   """Calls `jax.distributed.initialize` on multi-host jobs (TPU pods, multi-node GPU).
 
-  On TPU VMs and SLURM/Open MPI clusters JAX discovers the cluster itself; elsewhere pass the
-  coordinator address, the number of processes and this process's id (or set
-  MEMTRAIN_COORDINATOR / MEMTRAIN_NUM_PROCESSES / MEMTRAIN_PROCESS_ID). Returns True when
-  initialised; single-process runs return False and need nothing.
+  On TPU VM pod slices (MEMTRAIN_DISTRIBUTED=1) and SLURM/Open MPI clusters JAX discovers the
+  cluster itself; elsewhere pass the coordinator address, the number of processes and this
+  process's id (or set MEMTRAIN_COORDINATOR / MEMTRAIN_NUM_PROCESSES / MEMTRAIN_PROCESS_ID). Cross-process
+  collectives between CPU devices go over gloo (the local multi-process runs of the tests).
+  Returns True when initialised (or already initialised); single-process runs return False and
+  need nothing. Call it before anything else touches jax's devices.
   """
+  if jax.distributed.is_initialized():
+    return True
   coordinator = coordinator or os.environ.get("MEMTRAIN_COORDINATOR")
   if num_processes is None and os.environ.get("MEMTRAIN_NUM_PROCESSES"):
     num_processes = int(os.environ["MEMTRAIN_NUM_PROCESSES"])
   if process_id is None and os.environ.get("MEMTRAIN_PROCESS_ID"):
     process_id = int(os.environ["MEMTRAIN_PROCESS_ID"])
-  auto_cluster = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
+  # MEMTRAIN_DISTRIBUTED=1 asks JAX to discover the cluster (a TPU VM pod slice finds its
+  # workers through the VM metadata, not the environment).
+  auto_cluster = os.environ.get("MEMTRAIN_DISTRIBUTED", "") not in ("", "0") or any(
+      k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE"))
   if coordinator is None and not auto_cluster:
     return False
+  if coordinator is not None and (num_processes is None or process_id is None):
+    raise ValueError(
+        f"MEMTRAIN_COORDINATOR={coordinator} is set but MEMTRAIN_NUM_PROCESSES or "
+        "MEMTRAIN_PROCESS_ID is not: set all three on every process (ids 0 .. N-1)")
+  # Without it, a computation over CPU devices of several processes fails to compile.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator is None:
     jax.distributed.initialize()
   else:

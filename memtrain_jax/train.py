@@ -25,14 +25,14 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import sys
 import time
 
 import jax
 import numpy as np
+from etils import epath
 
-from memtrain_jax import config_lib, metrics as metrics_lib, models, objectives, rewards
+from memtrain_jax import config_lib, metrics as metrics_lib, models, objectives, paths, rewards
 from memtrain_jax import sharding as shd
 from memtrain_jax.agent import memory_agent, search_env, search_rollout
 from memtrain_jax.agent.rows import InteractionRows, RowKind
@@ -51,8 +51,11 @@ log = logging.getLogger("memtrain")
 # Set-up.
 
 
-def prepare_data(cfg, workdir: str, tokenizer) -> str:
+def prepare_data(cfg, workdir, tokenizer) -> epath.Path:
   """The built data set's directory: `train.data_dir`, or built once under <workdir>/data.
+
+  On a multi-process job process 0 builds it and the others wait for it, then every process
+  reads the same documents (see `train`).
 
   What is built depends on `task.name`: MemTrain documents (the data pipeline), RULER-HotpotQA
   documents (long_qa) or multi-question search tasks (search_qa). Documents are sized and chunked
@@ -60,9 +63,13 @@ def prepare_data(cfg, workdir: str, tokenizer) -> str:
   of `data.chunking.chunk_size` tokens is what the agent really reads.
   """
   if cfg.train.data_dir:
-    return os.path.expanduser(cfg.train.data_dir)
-  out = os.path.join(workdir, "data")
-  if os.path.exists(os.path.join(out, "stats.json")):
+    return paths.as_path(cfg.train.data_dir)
+  out = paths.as_path(workdir) / "data"
+  if not shd.is_primary():
+    shd.sync("memtrain_data_built")
+    return out
+  if (out / "stats.json").exists():
+    shd.sync("memtrain_data_built")
     return out
   start = time.time()
   if cfg.task.name == "long_qa":
@@ -86,6 +93,7 @@ def prepare_data(cfg, workdir: str, tokenizer) -> str:
     report = build_dataset(cfg.data, out, counter=counter)
   log.info("built %s %s documents in %.1fs into %s", report.get("documents"), cfg.task.name,
            time.time() - start, out)
+  shd.sync("memtrain_data_built")
   return out
 
 
@@ -297,9 +305,22 @@ def split_mini_batches(rows: InteractionRows, num_mini_batches: int, seed: int) 
   return parts
 
 
+class NonFiniteUpdatesError(RuntimeError):
+  """Too many updates in a row had a non-finite loss or gradient (each one was skipped)."""
+
+
 def run_updates(cfg, step: int, state, rows: InteractionRows, *, mesh, train_step, logprob_fn,
-                ref_params, packing_cfg, timer) -> tuple[object, dict[str, float]]:
-  """ppo_epochs x num_mini_batches optimizer updates on the rows; returns (state, mean metrics)."""
+                ref_params, packing_cfg, timer, skipped_in_a_row: int = 0
+                ) -> tuple[object, dict[str, float], int]:
+  """ppo_epochs x num_mini_batches optimizer updates on the rows.
+
+  An update whose loss or gradient is not finite leaves the state as it was (the train step
+  checks); `train.max_consecutive_skipped` of them in a row, counted across steps from
+  `skipped_in_a_row`, raise NonFiniteUpdatesError before anything else is saved.
+
+  Returns:
+    (state, mean metrics, skipped updates in a row at the end).
+  """
   collected: dict[str, list[float]] = {}
   trained_tokens = 0
   for epoch in range(cfg.rl.ppo_epochs):
@@ -313,28 +334,44 @@ def run_updates(cfg, step: int, state, rows: InteractionRows, *, mesh, train_ste
       batch = step_lib.shard_batch(packed, mesh, ref_logp=ref_logp)
       with timer.section("update"):
         state, metrics = train_step(state, batch)
-        metrics = jax.device_get(metrics)
+        metrics = shd.to_host(metrics)
+      skipped = bool(metrics.pop("skipped_nonfinite", 0.0))
+      skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+      collected.setdefault("train/skipped_updates", []).append(float(skipped))
+      if skipped:
+        log.warning("step %d: non-finite loss %s or gradient norm %s; the update was skipped "
+                    "(%d in a row)", step, metrics.get("loss"), metrics.get("grad_norm"),
+                    skipped_in_a_row)
+        if skipped_in_a_row >= cfg.train.max_consecutive_skipped:
+          raise NonFiniteUpdatesError(
+              f"step {step}: {skipped_in_a_row} updates in a row had a non-finite loss or "
+              f"gradient (last loss {metrics.get('loss')}, gradient norm "
+              f"{metrics.get('grad_norm')}); none of them touched the weights, and the run stops "
+              "here without saving, so the last checkpoint is the last good state. Lower "
+              "optim.lr, check the data of this step, or raise train.max_consecutive_skipped")
+        continue
       trained_tokens += int(packed.loss_mask.sum())
       for name, value in metrics.items():
         collected.setdefault(f"train/{name}", []).append(float(value))
+  skipped_updates = collected.pop("train/skipped_updates", [])
   out = {name: float(np.mean(values)) for name, values in collected.items()}
   out["train/updates"] = float(len(collected.get("train/loss", [])))
+  out["train/skipped_updates"] = float(np.sum(skipped_updates))
   out["train/trained_tokens"] = float(trained_tokens)
-  return state, out
+  return state, out, skipped_in_a_row
 
 
 # ----------------------------------------------------------------------------------------------
 # The loop.
 
 
-def _check_resumed_config(cfg, workdir: str) -> None:
+def _check_resumed_config(cfg, workdir: epath.Path) -> None:
   """Refuses to resume a checkpointed run under a different config (see RESUME_MAY_CHANGE)."""
-  ckpt_dir, saved_path = os.path.join(workdir, "checkpoints"), os.path.join(workdir, "config.json")
-  has_checkpoint = os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
-  if not (has_checkpoint and os.path.exists(saved_path)):
+  ckpt_dir, saved_path = workdir / "checkpoints", workdir / "config.json"
+  has_checkpoint = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
+  if not (has_checkpoint and saved_path.exists()):
     return
-  with open(saved_path) as f:
-    saved = json.load(f)
+  saved = json.loads(saved_path.read_text())
   conflicts = config_lib.resume_conflicts(saved, cfg)
   if conflicts:
     raise ValueError(
@@ -344,17 +381,28 @@ def _check_resumed_config(cfg, workdir: str) -> None:
         f"use a new --workdir, pass the same settings again, or delete {ckpt_dir} to restart.")
 
 
-def train(cfg, workdir: str) -> dict[str, float]:
-  """Runs (or resumes) training in `workdir`; returns the last step's metrics."""
+def train(cfg, workdir: epath.PathLike) -> dict[str, float]:
+  """Runs (or resumes) training in `workdir`; returns the last step's metrics.
+
+  Multi-process jobs (a TPU pod slice, several GPU nodes; `sharding.maybe_initialize_distributed`)
+  run this same function on every process. Every process reads the same documents and computes
+  the same global batch: rollouts, rewards and packing are deterministic host work, the sampler
+  and the update run over the global mesh, and their outputs reach every process
+  (`sharding.to_host`). So every process runs the same programs with the same shapes, and the
+  data position in the checkpoint is one number. Process 0 alone writes the config, the data,
+  metrics, rollout dumps and the export; every process writes its own checkpoint shards.
+  """
   config_lib.validate(cfg)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  _check_resumed_config(cfg, workdir)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(cfg.to_json(indent=2))
   shd.maybe_initialize_distributed()
+  primary = shd.is_primary()
+  workdir = paths.as_path(workdir)
+  _check_resumed_config(cfg, workdir)
+  if primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(cfg.to_json(indent=2))
   mesh = shd.make_mesh(cfg.mesh.shape)
-  log.info("mesh %s over %d %s device(s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
+  log.info("mesh %s over %d %s device(s), %d process(es)", dict(mesh.shape), mesh.size,
+           jax.devices()[0].platform, jax.process_count())
   step_lib.check_micro_batch_size(cfg.rl.packing.micro_batch_size, mesh)
 
   start = time.time()
@@ -402,7 +450,7 @@ def train(cfg, workdir: str) -> dict[str, float]:
   train_step = step_lib.make_train_step(model_config, loss_cfg, optimizer, mesh,
                                         chunk_size=cfg.rl.packing.logprob_chunk_size)
 
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint.every,
+  ckpt = Checkpointer(workdir / "checkpoints", every=cfg.checkpoint.every,
                       keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
   done = 0
   restored = ckpt.restore(step_lib.abstract_state(model_config, optimizer, mesh))
@@ -415,17 +463,20 @@ def train(cfg, workdir: str) -> dict[str, float]:
   def extra_for(step):
     return {"data": stream.state(), "config": cfg.to_dict()}
 
+  # It writes on process 0 only; elsewhere it just returns the record.
   writer = metrics_lib.MetricsWriter(workdir, total_steps=cfg.train.num_steps,
-                                     reward_key="rewards/e2e_reward_mean")
+                                     reward_key="rewards/e2e_reward_mean", write_process=primary)
   if done == 0:
     writer.write_text(0, "config", "```\n" + cfg.to_json(indent=2) + "\n```")
   timer = metrics_lib.Timer()
   record: dict[str, float] = {}
   stopped = False
+  skipped_in_a_row = 0
   try:
     while done < cfg.train.num_steps:
       step = done + 1
       documents = [next(stream) for _ in range(cfg.train.batch_documents)]
+      fetch_seconds = shd.TRANSFERS.seconds
       with timer.section("rollout"):
         rollout_params = rollout_copy(state.params)
         if retriever is not None:
@@ -442,18 +493,22 @@ def train(cfg, workdir: str) -> dict[str, float]:
                        rollout_metrics(batch, lam))
       step_metrics = {**batch_metrics, **stats.as_metrics()}
       if len(kept):
-        state, update_metrics = run_updates(cfg, step, state, kept, mesh=mesh, train_step=train_step,
-                                            logprob_fn=logprob_fn, ref_params=ref_params,
-                                            packing_cfg=packing_cfg, timer=timer)
+        state, update_metrics, skipped_in_a_row = run_updates(
+            cfg, step, state, kept, mesh=mesh, train_step=train_step, logprob_fn=logprob_fn,
+            ref_params=ref_params, packing_cfg=packing_cfg, timer=timer,
+            skipped_in_a_row=skipped_in_a_row)
         step_metrics.update(update_metrics)
       else:
         step_metrics["train/updates"] = 0.0  # every group was degenerate (DAPO): nothing to learn
       step_metrics["compile/sampler_programs"] = float(sampler.num_compiles())
       step_metrics.update(timer.pop())
+      # Device-to-host fetches (cross-process gathers on a multi-process job), process 0's.
+      step_metrics["time/host_fetch"] = shd.TRANSFERS.seconds - fetch_seconds
       tokens = step_metrics["rows/prompt_tokens"] + step_metrics["rows/completion_tokens"]
       record = writer.write(step, step_metrics, tokens=tokens)
       done = step
-      if cfg.train.dump_rollouts_every and step % cfg.train.dump_rollouts_every == 0:
+      if (primary and cfg.train.dump_rollouts_every and
+          step % cfg.train.dump_rollouts_every == 0):
         count = cfg.train.dump_rollouts_count
         examples = (search_examples(batch, count) if retriever is not None else
                     rollout_examples(batch, lam, e2e_objective, count))
@@ -467,11 +522,33 @@ def train(cfg, workdir: str) -> dict[str, float]:
   finally:
     ckpt.close()
     writer.close()
+    fetches = shd.TRANSFERS
+    log.info("process %d: %.2fs in %d device-to-host fetches (%d of them cross-process gathers)",
+             jax.process_index(), fetches.seconds, fetches.calls, fetches.gathered_calls)
   if not stopped and done >= cfg.train.num_steps:
-    out_dir = cfg.export.hf_dir or os.path.join(workdir, "hf")
-    models.save_pretrained(model_config, state.params, tokenizer, out_dir)
-    log.info("exported the trained model to %s", out_dir)
+    out_dir = paths.as_path(cfg.export.hf_dir) if cfg.export.hf_dir else workdir / "hf"
+    export(model_config, state.params, tokenizer, out_dir)
   return record
+
+
+def export(model_config, params, tokenizer, out_dir: epath.Path) -> None:
+  """Writes the HF export from process 0; on a multi-process job every process must call it.
+
+  One process streams the weights a tensor at a time (`models.save_pretrained`). On several, the
+  weights span processes: every process gathers them leaf by leaf in the same (tree) order, a
+  collective, and the others drop each leaf as soon as it is gathered.
+  """
+  if jax.process_count() > 1:
+    leaves, treedef = jax.tree.flatten(params)
+    gathered = []
+    for leaf in leaves:
+      value = shd.to_host(leaf)
+      gathered.append(value if shd.is_primary() else None)
+    if not shd.is_primary():
+      return
+    params = jax.tree.unflatten(treedef, gathered)
+  models.save_pretrained(model_config, params, tokenizer, out_dir)
+  log.info("exported the trained model to %s", out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

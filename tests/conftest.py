@@ -27,7 +27,8 @@ def pytest_configure(config):
 # (`-n 2 --dist loadfile --no-loadscope-reorder`). These files take longest (1-3 minutes each under
 # two workers on 2 cores, longest first, from `--durations`), so they are handed out first: handed
 # out last, one of them would run alone while the other worker sat idle.
-_LONGEST_FILES = ("train/test_train_loop.py", "models/test_parity.py",
+_LONGEST_FILES = ("multihost/test_multiprocess_train.py", "train/test_train_loop.py",
+                  "models/test_parity.py", "evaluation/test_eval_multiprocess.py",
                   "sampling/test_sampler_smollm2.py", "train/test_task_rl.py",
                   "train/test_train_step.py", "train/test_checkpoint_resume.py",
                   "sampling/test_sampler_tiny.py", "models/test_smollm2_gguf.py",

@@ -7,13 +7,14 @@ document does not depend on which earlier pivots were skipped.
 """
 
 import json
-import os
 import time
 from typing import Iterable, Iterator
 
 import ml_collections
 import numpy as np
+from etils import epath
 
+from memtrain_jax import paths
 from memtrain_jax.data import assembly
 from memtrain_jax.data import recall
 from memtrain_jax.data.chunking import chunk_document
@@ -149,19 +150,23 @@ def iter_documents(cfg: ml_collections.ConfigDict, records: Iterable[dict],
       yield document
 
 
-def build_dataset(cfg: ml_collections.ConfigDict, out_dir: str,
+def build_dataset(cfg: ml_collections.ConfigDict, out_dir: epath.PathLike,
                   counter: TokenCounter | None = None,
                   extractor: EntityExtractor | None = None) -> dict:
-  """Writes the data set and its stats to `out_dir`; returns the stats."""
+  """Writes the data set and its stats to `out_dir`; returns the stats.
+
+  `out_dir` may be a local path or a URL such as gs://bucket/data (written through epath).
+  """
   validate_data_config(cfg)
   counter = counter or load_data_tokenizer(cfg.tokenizer.path)
   extractor = extractor or make_extractor(cfg.entities.backend,
                                           cfg.entities.spacy_models)
-  os.makedirs(out_dir, exist_ok=True)
+  out = paths.as_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
   # Shards of an earlier build would otherwise be read as part of this one.
-  for name in os.listdir(out_dir):
-    if name.startswith('documents-') and name.endswith('.jsonl'):
-      os.remove(os.path.join(out_dir, name))
+  for path in out.iterdir():
+    if path.name.startswith('documents-') and path.name.endswith('.jsonl'):
+      path.unlink()
   skips = SkipLog()
   stats = DatasetStats(cfg.assembly.min_tokens, cfg.assembly.max_tokens)
   info = {}
@@ -174,8 +179,7 @@ def build_dataset(cfg: ml_collections.ConfigDict, out_dir: str,
         if shard_file is not None:
           shard_file.close()
           shard += 1
-        shard_file = open(os.path.join(out_dir, SHARD_PATTERN.format(shard)),
-                          'w', encoding='utf-8')
+        shard_file = (out / SHARD_PATTERN.format(shard)).open('w', encoding='utf-8')
         in_shard = 0
       shard_file.write(json.dumps(document, ensure_ascii=False) + '\n')
       in_shard += 1
@@ -194,10 +198,8 @@ def build_dataset(cfg: ml_collections.ConfigDict, out_dir: str,
       'documents_per_second': round(len(stats.num_tokens) / seconds, 3)
                               if seconds > 0 else 0.0,
   })
-  with open(os.path.join(out_dir, 'stats.json'), 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=2, ensure_ascii=False)
-  with open(os.path.join(out_dir, 'stats.md'), 'w', encoding='utf-8') as f:
-    f.write(stats_markdown(report))
-  with open(os.path.join(out_dir, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(cfg.to_json(indent=2))
+  (out / 'stats.json').write_text(json.dumps(report, indent=2, ensure_ascii=False),
+                                  encoding='utf-8')
+  (out / 'stats.md').write_text(stats_markdown(report), encoding='utf-8')
+  (out / 'config.json').write_text(cfg.to_json(indent=2), encoding='utf-8')
   return report

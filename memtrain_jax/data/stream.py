@@ -5,45 +5,59 @@ exactly the next document. The order of epoch e is a permutation drawn from
 (seed, e), so it does not depend on how many documents were read before.
 """
 
-import glob
+import fnmatch
 import json
-import os
 
 import numpy as np
+from etils import epath
 
+from memtrain_jax import paths
 from memtrain_jax.data.pipeline import SHARD_PATTERN
 
 
-def write_single_shard(rows, out_dir: str, stats: dict) -> dict:
+def shard_paths(data_dir: epath.PathLike) -> list[epath.Path]:
+  """The `DocumentStream` shards in `data_dir` (a local path or a URL), in name order."""
+  directory = paths.as_path(data_dir)
+  if not directory.is_dir():
+    return []
+  pattern = SHARD_PATTERN.replace('{:05d}', '*')
+  return sorted((p for p in directory.iterdir() if fnmatch.fnmatchcase(p.name, pattern)),
+                key=lambda p: p.name)
+
+
+def write_single_shard(rows, out_dir: epath.PathLike, stats: dict) -> dict:
   """Writes JSON rows as the one shard a `DocumentStream` reads, plus stats.json; returns stats.
 
   For data sets built outside the MemTrain pipeline (task-RL documents and search tasks).
+  `out_dir` may be a local path or a URL such as gs://bucket/data.
   """
   rows = list(rows)
   if not rows:
     raise ValueError(f'no documents to write to {out_dir}')
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, SHARD_PATTERN.format(0)), 'w', encoding='utf-8') as f:
+  out = paths.as_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  with (out / SHARD_PATTERN.format(0)).open('w', encoding='utf-8') as f:
     for row in rows:
       f.write(json.dumps(row, ensure_ascii=False) + '\n')
   stats = {'documents': len(rows), **stats}
-  with open(os.path.join(out_dir, 'stats.json'), 'w', encoding='utf-8') as f:
-    json.dump(stats, f, indent=2)
+  (out / 'stats.json').write_text(json.dumps(stats, indent=2), encoding='utf-8')
   return stats
 
 
 class DocumentStream:
-  """Endless iterator over the documents in `data_dir`, epoch by epoch."""
+  """Endless iterator over the documents in `data_dir`, epoch by epoch.
 
-  def __init__(self, data_dir: str, seed: int = 0, shuffle: bool = True):
+  `data_dir` may be a local path or a URL such as gs://bucket/data (read through epath).
+  """
+
+  def __init__(self, data_dir: epath.PathLike, seed: int = 0, shuffle: bool = True):
     self.seed = seed
     self.shuffle = shuffle
-    pattern = os.path.join(data_dir, SHARD_PATTERN.replace('{:05d}', '*'))
-    self._shards = sorted(glob.glob(pattern))
+    self._shards = shard_paths(data_dir)
     # (shard, byte offset) of every line: documents are read on demand.
     self._locations: list[tuple[int, int]] = []
     for shard_index, path in enumerate(self._shards):
-      with open(path, 'rb') as f:
+      with path.open('rb') as f:
         offset = 0
         for line in f:
           if line.strip():
@@ -66,7 +80,7 @@ class DocumentStream:
 
   def _read(self, document_index: int) -> dict:
     shard_index, offset = self._locations[document_index]
-    with open(self._shards[shard_index], 'rb') as f:
+    with self._shards[shard_index].open('rb') as f:
       f.seek(offset)
       return json.loads(f.readline().decode('utf-8'))
 

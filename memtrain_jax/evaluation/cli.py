@@ -8,6 +8,11 @@ The workdir gets results.json, table_long_qa.md, table_search_qa.md,
 long_qa_accuracy_vs_length.png, and per-question records under predictions/. Each finished
 (model, task, length / data set) cell is saved under cells/ as it completes; re-running the same
 command skips the finished cells.
+
+The workdir may be a `gs://` (or other etils.epath) URL. On a multi-process job (a TPU pod slice:
+the same command on every host, or MEMTRAIN_COORDINATOR / MEMTRAIN_NUM_PROCESSES /
+MEMTRAIN_PROCESS_ID set on each process) every process runs every cell over the global mesh and
+process 0 alone writes the workdir.
 """
 
 from __future__ import annotations

@@ -8,17 +8,23 @@ is left blank for a row that misses a column.
 Rows: one per model and mode, the full-context row of a model before its memory-agent row (Table 1
 lists the base model, read in one window, above the memory agents). `report.row_names` renames
 them ("base:full_context=Qwen3-4B-Instruct", "memtrain=+MemTrain").
+
+`build_report` computes everything without writing (every process of a multi-process evaluation
+does); `save_report` writes it (process 0 alone); `write_report` does both. The workdir may be a
+local directory or a `gs://` (or other etils.epath) URL.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
+from memtrain_jax import paths
 from memtrain_jax.evaluation import config as config_lib
 
 LONG_QA_TABLE = "table_long_qa.md"
@@ -131,8 +137,17 @@ def _tokens_text(tokens: float) -> str:
   return f"{tokens / 1024:g}K" if tokens >= 1024 else f"{tokens:g}"
 
 
-def plot_long_qa(rows: Sequence[Row], columns: Sequence[str], path: str, title: str) -> str:
-  """Sub-EM (%) against the mean context length (log2 axis), one line per model and mode."""
+def plot_long_qa(rows: Sequence[Row], columns: Sequence[str], path: epath.PathLike,
+                 title: str) -> epath.PathLike:
+  """Writes `long_qa_plot_png` to `path` (a local path or an epath URL); returns `path`."""
+  data = long_qa_plot_png(rows, columns, title)
+  paths.as_path(path).write_bytes(data)
+  return path
+
+
+def long_qa_plot_png(rows: Sequence[Row], columns: Sequence[str], title: str) -> bytes:
+  """Sub-EM (%) against the mean context length (log2 axis), one line per model and mode, as a
+  PNG file's bytes."""
   try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -170,8 +185,9 @@ def plot_long_qa(rows: Sequence[Row], columns: Sequence[str], path: str, title: 
   if rows:
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  return path
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=120)
+  return buffer.getvalue()
 
 
 def _row_json(row: Row, columns: Sequence[str], metrics: Sequence[str]) -> dict:
@@ -180,33 +196,60 @@ def _row_json(row: Row, columns: Sequence[str], metrics: Sequence[str]) -> dict:
           "avg": {m: row.average(columns, m) for m in metrics}}
 
 
-def write_report(cells: Sequence[Mapping], cfg, workdir: str) -> dict:
-  """Writes results.json, the Markdown tables and the plot; returns the results dict."""
+@dataclasses.dataclass
+class Report:
+  """The report of some finished cells, built but not written."""
+  results: dict  # what results.json holds (and `runner.run_eval` returns)
+  texts: dict[str, str]  # file name -> contents of the Markdown tables, in writing order
+  plot: tuple[list[Row], list[str]] | None  # the long-QA plot's rows and columns, when wanted
+  title: str
+
+
+def build_report(cells: Sequence[Mapping], cfg) -> Report:
+  """The results dict, the tables' text and the plot's data of `cells`; writes nothing."""
   models = [name for name, _ in config_lib.model_specs(cfg)]
   row_names = dict(config_lib.row_name_specs(cfg))
   files: dict[str, str] = {}
+  texts: dict[str, str] = {}
+  plot = None
   results: dict = {"title": cfg.report.title, "config": cfg.to_dict()}
   if cfg.long_qa.enabled:
     columns = config_lib.length_labels(cfg)
     rows = build_rows(cells, "long_qa", models, row_names)
-    with open(os.path.join(workdir, LONG_QA_TABLE), "w", encoding="utf-8") as f:
-      f.write(long_qa_markdown(rows, columns, cfg))
+    texts[LONG_QA_TABLE] = long_qa_markdown(rows, columns, cfg)
     files["table_long_qa"] = LONG_QA_TABLE
     if cfg.report.plot:
-      plot_long_qa(rows, columns, os.path.join(workdir, PLOT), cfg.report.title)
+      plot = (rows, columns)
       files["plot_long_qa"] = PLOT
     results["long_qa"] = {"metric": "sub_em", "columns": columns,
                           "rows": [_row_json(r, columns, ("sub_em", "em", "f1")) for r in rows]}
   if cfg.search_qa.enabled:
     columns = [name for name, _ in config_lib.dataset_specs(cfg)]
     rows = build_rows(cells, "search_qa", models, row_names)
-    with open(os.path.join(workdir, SEARCH_QA_TABLE), "w", encoding="utf-8") as f:
-      f.write(search_qa_markdown(rows, columns, cfg))
+    texts[SEARCH_QA_TABLE] = search_qa_markdown(rows, columns, cfg)
     files["table_search_qa"] = SEARCH_QA_TABLE
     results["search_qa"] = {"metric": "em", "columns": columns,
                             "rows": [_row_json(r, columns, ("em",)) for r in rows]}
   results["files"] = files
   results["predictions"] = sorted(c["predictions"] for c in cells)
-  with open(os.path.join(workdir, RESULTS), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2, ensure_ascii=False)
-  return results
+  return Report(results=results, texts=texts, plot=plot, title=cfg.report.title)
+
+
+def save_report(built: Report, workdir: epath.PathLike) -> None:
+  """Writes the tables, the plot and results.json (last) into `workdir`."""
+  workdir = paths.as_path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  for name, text in built.texts.items():
+    (workdir / name).write_text(text, encoding="utf-8")
+  if built.plot is not None:
+    rows, columns = built.plot
+    plot_long_qa(rows, columns, workdir / PLOT, built.title)
+  (workdir / RESULTS).write_text(json.dumps(built.results, indent=2, ensure_ascii=False),
+                                 encoding="utf-8")
+
+
+def write_report(cells: Sequence[Mapping], cfg, workdir: epath.PathLike) -> dict:
+  """Writes results.json, the Markdown tables and the plot; returns the results dict."""
+  built = build_report(cells, cfg)
+  save_report(built, workdir)
+  return built.results

@@ -5,19 +5,31 @@ full-context mode only for `long_qa.full_context_models`), for search QA every m
 `search_qa.models` x data set. Cells already in the workdir with the same settings are skipped, and
 a model whose cells are all done is never loaded, so a re-run after an interruption costs at most
 the one cell that was running.
+
+Multi-process jobs (a TPU pod slice, several GPU nodes; `sharding.maybe_initialize_distributed`)
+run `run_eval` on every process. Cells are replicated, not split: every process plans the same
+cells and runs every one of them over the global mesh, with the same prompts in the same order
+(the sampler's outputs reach every process through `sharding.to_host`, a collective). Process 0
+alone reads the finished cells and writes eval_config.json, cells/, predictions/ and the report;
+what it read, and at the end the cell records it holds, are broadcast to the other processes, so
+every process runs the same cells and returns the same results dict whether or not it can see the
+workdir (a host-local directory on process 0's machine, or a `gs://` URL).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Mapping, Sequence
 
-from memtrain_jax import models
+import jax
+from etils import epath
+
+from memtrain_jax import models, paths
 from memtrain_jax import sharding as shd
 from memtrain_jax.agent import search_rollout
 from memtrain_jax.config_lib import sampler_settings
+from memtrain_jax.evaluation import cells as cells_lib
 from memtrain_jax.evaluation import config as config_lib
 from memtrain_jax.evaluation import longqa, report, searchqa
 from memtrain_jax.evaluation.cells import CellSpec, CellStore, fingerprint
@@ -234,19 +246,27 @@ def _describe(result: Mapping) -> str:
           f"{result['searches_mean']:.2f} searches / {result['turns_mean']:.2f} turns")
 
 
-def run_eval(cfg, workdir: str) -> dict:
-  """Runs (or resumes) the evaluation in `workdir`; returns the report's results dict."""
+def run_eval(cfg, workdir: epath.PathLike) -> dict:
+  """Runs (or resumes) the evaluation in `workdir`; returns the report's results dict.
+
+  `workdir` is a local directory or an epath URL (`gs://bucket/eval`). On a multi-process job
+  every process calls this and gets the same dict; process 0 alone writes (module docstring).
+  """
+  shd.maybe_initialize_distributed()
   config_lib.validate_eval_config(cfg)
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "eval_config.json"), "w", encoding="utf-8") as f:
-    f.write(cfg.to_json(indent=2))
+  primary = shd.is_primary()
+  workdir = paths.as_path(workdir)
   store = CellStore(workdir)
   plan = plan_cells(cfg)
-  done = {spec.key: store.load(spec) for spec in plan}
+  # Process 0 reads the finished cells before anything of this run is written, and every process
+  # follows what it read: all of them run the same cells, in the same order.
+  done = shd.from_primary({spec.key: store.load(spec) for spec in plan} if primary else None)
   todo = [spec for spec in plan if done[spec.key] is None]
   log.info("%d cells planned, %d already done in %s, %d to run", len(plan),
            len(plan) - len(todo), workdir, len(todo))
+  if primary:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "eval_config.json").write_text(cfg.to_json(indent=2), encoding="utf-8")
   inputs = _Inputs(cfg)
   samplers = None
   start = time.time()
@@ -255,7 +275,10 @@ def run_eval(cfg, workdir: str) -> dict:
     if not cells:
       continue
     if samplers is None:
-      samplers = _Samplers(cfg, shd.make_mesh(cfg.mesh.shape))
+      mesh = shd.make_mesh(cfg.mesh.shape)
+      log.info("mesh %s over %d %s device(s), %d process(es)", dict(mesh.shape), mesh.size,
+               jax.devices()[0].platform, jax.process_count())
+      samplers = _Samplers(cfg, mesh)
     model = _LoadedModel(cfg, path, samplers)
     for spec in cells:
       position = todo.index(spec) + 1
@@ -264,11 +287,21 @@ def run_eval(cfg, workdir: str) -> dict:
       cell_start = time.time()
       result, records = run_cell(spec, model, inputs, cfg)
       result["seconds"] = round(time.time() - cell_start, 2)
-      done[spec.key] = store.save(spec, result, records)
+      done[spec.key] = (store.save(spec, result, records) if primary
+                        else cells_lib.record(spec, result))
       log.info("[%d/%d] %s %s %s %s: %s in %s (total %s)", position, len(todo), spec.task, name,
                spec.mode, spec.column, _describe(result), format_duration(result["seconds"]),
                format_duration(time.time() - start))
     del model  # frees the weights before the next model loads
-  results = report.write_report([done[spec.key] for spec in plan], cfg, workdir)
-  log.info("wrote %s in %s", ", ".join(results["files"].values()) or "results.json", workdir)
-  return results
+  # Process 0's records (its timings among them) make every process's report.
+  built = report.build_report(shd.from_primary([done[spec.key] for spec in plan]), cfg)
+  if primary:
+    report.save_report(built, workdir)
+    log.info("wrote %s in %s", ", ".join(built.results["files"].values()) or "results.json",
+             workdir)
+  if jax.process_count() > 1:
+    fetches = shd.TRANSFERS
+    log.info("process %d: %.2fs in %d device-to-host fetches (%d of them cross-process gathers)",
+             jax.process_index(), fetches.seconds, fetches.calls, fetches.gathered_calls)
+  shd.sync("memtrain_eval_report_written")  # every process returns once the report is on disk
+  return built.results

@@ -3,18 +3,29 @@
 Tensors are read one at a time (memory-mapped), converted to our layout on the host and placed
 straight onto their target `NamedSharding` with `jax.make_array_from_callback`, so each device only
 ever receives its own shard and the model is never materialised whole on one device.
+
+Model paths may be local paths or URLs such as `gs://bucket/model` (anything `etils.epath` reads).
+Memory-mapping needs a real file, so a model at a URL is first copied to a local cache
+(`local_model_copy`, under the system temp directory) and loaded from there; `save_pretrained`
+writes to a URL through epath, staging the files that writers can only put in a local directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import logging
 import os
+import shutil
+import tempfile
 from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
+from etils import epath
 
+from memtrain_jax import paths
 from memtrain_jax import sharding as shd
 from memtrain_jax.models.config import ModelConfig, resolve_dtype
 from memtrain_jax.models.params import layer_shapes, stack_layers, top_shapes, unstack_layers
@@ -36,23 +47,130 @@ def bundled_gguf_path() -> str:
   return path
 
 
-def resolve_model_path(path: str) -> str:
-  if path == BUNDLED_MODEL or path == "bundled":
+_log = logging.getLogger(__name__)
+MODEL_CACHE_DIRNAME = "memtrain_model_cache"
+_COPY_CHUNK = 16 << 20
+
+
+def _is_bundled(path: str) -> bool:
+  return path == BUNDLED_MODEL or path == "bundled"
+
+
+def _copy_file(src: epath.Path, dst: epath.Path) -> None:
+  """Streams one file across filesystems (gs:// -> local, local -> gs://, ...) through epath."""
+  with src.open("rb") as fin, dst.open("wb") as fout:
+    shutil.copyfileobj(fin, fout, _COPY_CHUNK)
+
+
+def _files_under(root: epath.Path, prefix: str = "") -> Iterator[tuple[str, epath.Path]]:
+  """(relative name with '/' separators, path) of every file under the directory `root`."""
+  for child in sorted(root.iterdir(), key=lambda p: p.name):
+    if child.is_dir():
+      yield from _files_under(child, f"{prefix}{child.name}/")
+    else:
+      yield f"{prefix}{child.name}", child
+
+
+def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
+  """Copies every file under directory `src` into directory `dst` (either may be a URL)."""
+  dst.mkdir(parents=True, exist_ok=True)
+  for rel, path in _files_under(src):
+    target = dst / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _copy_file(path, target)
+
+
+def _remote_manifest(src: epath.Path) -> dict[str, list[int]]:
+  """relative name -> [size, mtime] of the files of `src` ('' names `src` itself when a file)."""
+  def entry(path):
+    st = path.stat()
+    return [int(st.length or 0), int(st.mtime or 0)]
+  if src.is_dir():
+    return {rel: entry(path) for rel, path in _files_under(src)}
+  return {"": entry(src)}
+
+
+def local_model_copy(url: epath.PathLike) -> str:
+  """A local copy of the model directory or file at `url` (e.g. gs://bucket/model); its path.
+
+  The copy lives under <tempdir>/memtrain_model_cache/<hash of the URL>/ and is reused while the
+  names, sizes and modification times of the remote files are unchanged, so loading the weights
+  and then the tokenizer from one URL copies it once. Each host of a multi-host job makes its own.
+  """
+  src = epath.Path(os.fspath(url).rstrip("/"))
+  if not src.exists():
+    raise FileNotFoundError(f"model path {url} does not exist")
+  manifest = {"source": str(src), "files": _remote_manifest(src)}
+  key = hashlib.sha256(str(src).encode()).hexdigest()[:16]
+  root = os.path.join(tempfile.gettempdir(), MODEL_CACHE_DIRNAME, key)
+  name = src.name or "model"
+  dest = os.path.join(root, name)
+
+  def is_current() -> bool:
+    try:
+      with open(os.path.join(root, "manifest.json"), encoding="utf-8") as f:
+        return json.load(f) == manifest and os.path.exists(dest)
+    except (OSError, ValueError):
+      return False
+
+  if is_current():
+    return dest
+  _log.info("copying the model %s to %s", src, dest)
+  os.makedirs(os.path.dirname(root), exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f"{key}.tmp", dir=os.path.dirname(root))
+  try:
+    staged = epath.Path(staging) / name
+    if src.is_dir():
+      _copy_tree(src, staged)
+    else:
+      _copy_file(src, staged)
+    with open(os.path.join(staging, "manifest.json"), "w", encoding="utf-8") as f:
+      json.dump(manifest, f)
+    if os.path.exists(root):
+      shutil.rmtree(root, ignore_errors=True)
+    try:
+      os.replace(staging, root)  # atomic: other processes never see half a copy
+    except OSError:
+      if not is_current():  # another process finished the same copy first
+        raise
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return dest
+
+
+def resolve_model_path(path: epath.PathLike) -> str:
+  """The local file or directory to load for `path`.
+
+  The bundled model's GGUF for `BUNDLED_MODEL`, a local copy (`local_model_copy`) for a URL such as
+  gs://bucket/model, else the path with `~` expanded.
+  """
+  path = os.fspath(path)
+  if _is_bundled(path):
     return bundled_gguf_path()
+  if not paths.is_local(path):
+    return local_model_copy(path)
   return os.path.expanduser(path)
 
 
-def checkpoint_kind(path: str) -> str:
-  """'hf' for a Hugging Face directory, 'gguf' for a GGUF file; a clear error otherwise."""
-  path = resolve_model_path(path)
-  if os.path.isdir(path):
-    if os.path.exists(os.path.join(path, "config.json")):
+def checkpoint_kind(path: epath.PathLike) -> str:
+  """'hf' for a Hugging Face directory, 'gguf' for a GGUF file; a clear error otherwise.
+
+  A URL is inspected where it is (nothing is copied).
+  """
+  path = os.fspath(path)
+  if _is_bundled(path):
+    path = bundled_gguf_path()
+  elif paths.is_local(path):
+    path = os.path.expanduser(path)
+  where = epath.Path(path)
+  if where.is_dir():
+    if (where / "config.json").exists():
       return "hf"
     raise ValueError(
         f"{path} is a directory without config.json, so not a Hugging Face checkpoint; pass a "
         "directory written by `save_pretrained` (config.json + model.safetensors) or a .gguf file")
-  if os.path.isfile(path):
-    with open(path, "rb") as f:
+  if where.exists():
+    with where.open("rb") as f:
       if f.read(4) == b"GGUF":
         return "gguf"
     raise ValueError(
@@ -154,15 +272,19 @@ def _stack_on_mesh(config: ModelConfig, params: dict, mesh, rules) -> dict:
 # Hugging Face directories.
 
 
-def load_hf_config(path: str, **run_options) -> ModelConfig:
-  with open(os.path.join(path, "config.json")) as f:
-    hf = json.load(f)
+def load_hf_config(path: epath.PathLike, **run_options) -> ModelConfig:
+  """The config.json of an HF directory (local or a URL, read where it is)."""
+  hf = json.loads((paths.as_path(path) / "config.json").read_text())
   return ModelConfig.from_hf_config(hf, **run_options)
 
 
-def load_hf(path: str, *, mesh=None, rules=None, **run_options) -> tuple[ModelConfig, dict]:
-  config = load_hf_config(path, **run_options)
-  ckpt = SafetensorsCheckpoint(path)
+def load_hf(path: epath.PathLike, *, mesh=None, rules=None,
+            **run_options) -> tuple[ModelConfig, dict]:
+  """Loads an HF directory; a URL (gs://...) is copied to a local cache first."""
+  path = os.fspath(path)
+  local = resolve_model_path(path) if not paths.is_local(path) else os.path.expanduser(path)
+  config = load_hf_config(local, **run_options)
+  ckpt = SafetensorsCheckpoint(local)
   conv = _hf_converters(config)
   known = {tpl.format(i=i) for key, (tpl, _) in conv.items()
            for i in (range(config.num_layers) if key.startswith("layer.") else [0])}
@@ -192,12 +314,19 @@ def load_hf(path: str, *, mesh=None, rules=None, **run_options) -> tuple[ModelCo
 
 
 def _host_array(x) -> np.ndarray:
-  return np.asarray(jax.device_get(x))
+  return shd.to_host(x)
 
 
-def save_pretrained(config: ModelConfig, params: dict, tokenizer, out_dir: str) -> str:
-  """Writes a Hugging Face directory (config.json, model.safetensors, tokenizer) for `transformers`."""
-  os.makedirs(out_dir, exist_ok=True)
+def save_pretrained(config: ModelConfig, params: dict, tokenizer, out_dir: epath.PathLike):
+  """Writes a Hugging Face directory (config.json, model.safetensors, tokenizer) for `transformers`.
+
+  `out_dir` may be a local path or a URL such as gs://bucket/export: there the safetensors file and
+  the tokenizer files are written to a local temporary directory first (their writers need a real
+  file system) and copied over through epath. Returns `out_dir` as given.
+  """
+  out = paths.as_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  local = paths.is_local(out)
   params = unstack_layers(params)
   export = _hf_exporters(config)
   conv = _hf_converters(config)
@@ -209,16 +338,26 @@ def save_pretrained(config: ModelConfig, params: dict, tokenizer, out_dir: str) 
       value = params[name] if layer is None else params["layers"][layer][name]
       yield conv[key][0].format(i=layer), np.asarray(export[key](_host_array(value)), dtype=dtype)
 
-  save_safetensors(os.path.join(out_dir, "model.safetensors"), tensors())
-  hf = config.to_hf_config()
-  if tokenizer is not None:
-    hf.setdefault("bos_token_id", tokenizer.bos_token_id)
-    if tokenizer.pad_token_id is not None:
-      hf["pad_token_id"] = tokenizer.pad_token_id
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(hf, f, indent=2)
-  if tokenizer is not None:
-    tokenizer.save_pretrained(out_dir)
+  with tempfile.TemporaryDirectory(prefix="memtrain_export_") as staging:
+    staging = epath.Path(staging)
+    if local:
+      save_safetensors(os.fspath(out / "model.safetensors"), tensors())
+    else:
+      save_safetensors(os.fspath(staging / "model.safetensors"), tensors())
+      _copy_file(staging / "model.safetensors", out / "model.safetensors")
+      (staging / "model.safetensors").unlink()
+    hf = config.to_hf_config()
+    if tokenizer is not None:
+      hf.setdefault("bos_token_id", tokenizer.bos_token_id)
+      if tokenizer.pad_token_id is not None:
+        hf["pad_token_id"] = tokenizer.pad_token_id
+    (out / "config.json").write_text(json.dumps(hf, indent=2))
+    if tokenizer is not None:
+      if local:
+        tokenizer.save_pretrained(os.fspath(out))
+      else:
+        tokenizer.save_pretrained(os.fspath(staging / "tokenizer"))
+        _copy_tree(staging / "tokenizer", out)
   return out_dir
 
 
@@ -226,13 +365,14 @@ def save_pretrained(config: ModelConfig, params: dict, tokenizer, out_dir: str) 
 # Entry point.
 
 
-def load_pretrained(path: str, *, dtype: str = "float32", compute_dtype: str | None = None,
-                    mesh=None, rules=None, scan_layers: bool = False,
-                    remat: bool = False) -> tuple[ModelConfig, dict]:
+def load_pretrained(path: epath.PathLike, *, dtype: str = "float32",
+                    compute_dtype: str | None = None, mesh=None, rules=None,
+                    scan_layers: bool = False, remat: bool = False) -> tuple[ModelConfig, dict]:
   """Loads an HF directory or a GGUF file as (config, params), optionally onto a mesh.
 
   `dtype` is the parameter dtype; `compute_dtype` defaults to it. `rules` is a rules table or
-  'train' / 'rollout' (default 'train' when a mesh is given).
+  'train' / 'rollout' (default 'train' when a mesh is given). `path` may be a URL such as
+  gs://bucket/model: it is copied to a local cache first (`local_model_copy`).
   """
   run_options = dict(param_dtype=str(resolve_dtype(dtype)),
                      compute_dtype=str(resolve_dtype(compute_dtype or dtype)),

@@ -40,8 +40,9 @@ from memtrain_jax.rl.packing import PackedBatch
 # Fields of `PackedBatch` the update reads; `row_index` stays on the host.
 TRAIN_BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "branch_ids", "loss_mask",
                       "old_logp", "advantages", "row_num_tokens")
-# Fields the log-prob function reads.
-LOGPROB_BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "branch_ids")
+# Fields the log-prob function reads (the loss mask says which tokens need a log-prob).
+LOGPROB_BATCH_FIELDS = ("tokens", "targets", "positions", "segment_ids", "branch_ids",
+                        "loss_mask")
 # Fields a batch may leave out: without branch_ids every segment is one row (no shared prompts).
 OPTIONAL_BATCH_FIELDS = ("branch_ids",)
 
@@ -61,7 +62,8 @@ class TrainState(NamedTuple):
   """Everything the update changes. A NamedTuple, hence a pytree.
 
   Attributes:
-    step: int32 scalar, the number of optimizer updates applied so far.
+    step: int32 scalar, the number of optimizer updates applied so far (a non-finite update,
+      which the train step skips, does not count).
     params: model parameters.
     opt_state: optax state of `optimizer`.
   """
@@ -270,13 +272,17 @@ def make_logprob_fn(model_config: ModelConfig, mesh: Mesh, *, chunk_size: int,
   Used for the reference policy of the KL term (call it once per rollout batch with the reference
   params, then pass the result as `ref_logp` to `shard_batch`), or to recompute old log-probs with
   the trainer's numerics. Micro-batches run one after another (`lax.map`), so memory is that of one
-  forward. Only the LOGPROB_BATCH_FIELDS of `batch` are read.
+  forward. Only the LOGPROB_BATCH_FIELDS of `batch` are read, and only the tokens of its
+  `loss_mask` get log-probs (the others are 0): all that the loss reads. Projecting every prompt
+  position onto the vocabulary as well would cost more than the update itself wherever the
+  vocabulary dominates the FLOPs (small models, long shared prompts).
   """
   params_sharding = sharding_lib.param_shardings(model_config, mesh, rules)
   batch_sharding = packed_batch_sharding(mesh)
 
   def logprobs(params, batch):
-    fn = lambda micro: policy_logprobs(model_config, params, micro, chunk_size=chunk_size)[0]
+    fn = lambda micro: policy_logprobs(model_config, params, micro, chunk_size=chunk_size,
+                                       loss_mask=micro["loss_mask"])[0]
     return jax.lax.map(fn, batch)
 
   jitted = jax.jit(logprobs, in_shardings=(params_sharding, batch_sharding),
@@ -312,7 +318,12 @@ def make_train_step(model_config: ModelConfig, loss_config: loss_lib.LossConfig,
     num_micro compiles once. Metrics (replicated scalars): loss, grad_norm, update_norm,
     clip_low_fraction, clip_high_fraction, approx_kl_mean, ratio_mean/min/max, advantage_mean,
     nonzero_advantage_mean, num_tokens, num_interactions, entropy_mean (if computed),
-    ref_kl_mean (if kl_coef != 0).
+    ref_kl_mean (if kl_coef != 0), skipped_nonfinite.
+
+  Non-finite updates are skipped: when the loss or the global gradient norm is NaN / inf, the
+  returned params and optimizer state are bitwise the input ones, `state.step` (the count of
+  applied updates) does not advance, and the metric skipped_nonfinite is 1.0 (else 0.0). The
+  loss and grad_norm metrics then show the non-finite values, and update_norm is 0.
   """
   needs_ref = loss_config.kl_coef != 0.0
   shardings = state_shardings(model_config, optimizer, mesh, rules)
@@ -329,11 +340,31 @@ def make_train_step(model_config: ModelConfig, loss_config: loss_lib.LossConfig,
   def step(state: TrainState, batch: Batch):
     if needs_ref and "ref_logp" not in batch:
       raise ValueError("LossConfig.kl_coef != 0: the batch needs 'ref_logp' (see make_logprob_fn)")
-    _, grads, metrics = loss_lib.accumulate_gradients(terms_fn, state.params, dict(batch))
+    loss, grads, metrics = loss_lib.accumulate_gradients(terms_fn, state.params, dict(batch))
+    grad_norm = optax.tree.norm(grads)
+    # One NaN / inf gradient element makes the global norm non-finite, so these two scalars cover
+    # the loss and every gradient. (A norm that overflows f32 from huge finite gradients counts too.)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads), update_norm=optax.tree.norm(updates))
-    new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+    # A non-finite step is skipped inside the program: every leaf is selected back from the input,
+    # so params and optimizer state (moments, optax's update count, hence the lr schedule) come out
+    # bitwise unchanged, and a finite step selects exactly what it computed. The outputs still go
+    # into the donated buffers, but the new moments, read by both the update and the select, may be
+    # held in temporaries (on CPU: about 0.75x the parameters' f32 bytes more temp memory with
+    # AdamW; lax.cond / while_loop variants measured worse). The tree structures are untouched
+    # (unlike optax.apply_if_finite, which adds state), so older checkpoints still restore.
+    keep_if_finite = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep_if_finite, params, state.params)
+    opt_state = jax.tree.map(keep_if_finite, opt_state, state.opt_state)
+    # `step` counts applied updates, so a skipped one does not advance it.
+    step_count = state.step + finite.astype(state.step.dtype)
+    # loss and grad_norm stay as computed (non-finite: they say why the update was skipped);
+    # update_norm is that of the update applied, 0 when skipped.
+    update_norm = jnp.where(finite, optax.tree.norm(updates), 0.0)
+    metrics = dict(metrics, grad_norm=grad_norm, update_norm=update_norm,
+                   skipped_nonfinite=jnp.logical_not(finite).astype(jnp.float32))
+    new_state = TrainState(step=step_count, params=params, opt_state=opt_state)
     return new_state, metrics
 
   return jax.jit(step, in_shardings=(shardings, batch_sharding),

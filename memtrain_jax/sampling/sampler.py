@@ -315,7 +315,7 @@ class Sampler:
   def _put_batch(self, array: np.ndarray):
     if self.mesh is None:
       return array
-    return jax.device_put(array, shd.batch_sharding(self.mesh, "rollout", array.ndim))
+    return shd.put_host_array(array, shd.batch_sharding(self.mesh, "rollout", array.ndim))
 
   def generate(self, params: Any, prompts: Sequence[np.ndarray], *, num_samples: int = 1,
                max_new_tokens: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
@@ -400,5 +400,5 @@ class Sampler:
     out = self._decode(step_params, cache, logits, row_start,
                        self._put_batch(active), np.int32(limit), sampling, np.int32(seed),
                        np.int32(stream), self.stop)
-    out = jax.device_get(out._replace(cache=None))
-    return out
+    # Every process gets every row: the agent's host logic runs the same on all of them.
+    return shd.to_host(out._replace(cache=None))

@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 
 from memtrain_jax import rewards
 from memtrain_jax.data.chunking import chunk_document
@@ -81,17 +82,22 @@ def build_documents(samples: Sequence[rhq.RulerSample], tokenizer, chunk_size: i
                         f"hqa{tag}-{s.index}") for s in samples]
 
 
-def write_documents(documents: Sequence[dict], out_dir: str, info: dict | None = None) -> str:
-  """Writes documents as one `DocumentStream` shard plus a stats.json; returns `out_dir`."""
+def write_documents(documents: Sequence[dict], out_dir: epath.PathLike,
+                    info: dict | None = None) -> epath.PathLike:
+  """Writes documents as one `DocumentStream` shard plus a stats.json; returns `out_dir`.
+
+  `out_dir` may be a local path or a URL such as gs://bucket/data.
+  """
   chunks = [len(d["chunks"]) for d in documents] or [0]
   write_single_shard(documents, out_dir, {"chunks_mean": float(np.mean(chunks)),
                                           "chunks_max": int(max(chunks)), **(info or {})})
   return out_dir
 
 
-def build_training_set(source: str, out_dir: str, tokenizer, *, target_tokens: Sequence[int],
-                       chunk_size: int, question_start: int = 0, question_count: int = 0,
-                       seed: int = rhq.MEMAGENT_SEED, length_tolerance: float = 0.1) -> dict:
+def build_training_set(source: str, out_dir: epath.PathLike, tokenizer, *,
+                       target_tokens: Sequence[int], chunk_size: int, question_start: int = 0,
+                       question_count: int = 0, seed: int = rhq.MEMAGENT_SEED,
+                       length_tolerance: float = 0.1) -> dict:
   """RULER-HotpotQA training documents (MemAgent task RL): each question at each target length.
 
   Distractors come from the pool of the selected questions' own paragraphs, so training and

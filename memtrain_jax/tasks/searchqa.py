@@ -16,6 +16,8 @@ import json
 import os
 from collections.abc import Mapping
 
+from etils import epath
+
 from memtrain_jax.agent import search_env
 from memtrain_jax.retrieval.corpus import CorpusDoc, load_corpus
 from memtrain_jax.retrieval.passage import contents_from_title_text
@@ -91,8 +93,12 @@ def load_tasks(source: str, *, questions_per_task: int = 2, start: int = 0,
   return [search_env.SearchTask(t.questions, t.golds, task_id=f"{i}") for i, t in enumerate(tasks)]
 
 
-def write_tasks(tasks: list[search_env.SearchTask], out_dir: str, info: dict | None = None) -> dict:
-  """Writes tasks as one `DocumentStream` shard (one JSON row per task) plus a stats.json."""
+def write_tasks(tasks: list[search_env.SearchTask], out_dir: epath.PathLike,
+                info: dict | None = None) -> dict:
+  """Writes tasks as one `DocumentStream` shard (one JSON row per task) plus a stats.json.
+
+  `out_dir` may be a local path or a URL such as gs://bucket/data.
+  """
   from memtrain_jax.data.stream import write_single_shard
   rows = [{"id": task.task_id or str(i), "questions": list(task.questions),
            "golds": [list(g) for g in task.golds]} for i, task in enumerate(tasks)]
