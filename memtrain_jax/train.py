@@ -365,20 +365,21 @@ def run_updates(cfg, step: int, state, rows: InteractionRows, *, mesh, train_ste
 # The loop.
 
 
-def _check_resumed_config(cfg, workdir: epath.Path) -> None:
-  """Refuses to resume a checkpointed run under a different config (see RESUME_MAY_CHANGE)."""
+def _resume_conflict(cfg, workdir: epath.Path) -> str | None:
+  """Why this run may not resume the checkpointed run in `workdir` (see RESUME_MAY_CHANGE), or
+  None when it may (or there is nothing to resume)."""
   ckpt_dir, saved_path = workdir / "checkpoints", workdir / "config.json"
   has_checkpoint = ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir())
   if not (has_checkpoint and saved_path.exists()):
-    return
+    return None
   saved = json.loads(saved_path.read_text())
   conflicts = config_lib.resume_conflicts(saved, cfg)
-  if conflicts:
-    raise ValueError(
-        f"--workdir {workdir} holds a checkpointed run whose config differs from this one in "
-        f"{len(conflicts)} field(s): " + "; ".join(conflicts[:10]) +
-        (" ..." if len(conflicts) > 10 else "") + ". Resuming would splice two runs together: "
-        f"use a new --workdir, pass the same settings again, or delete {ckpt_dir} to restart.")
+  if not conflicts:
+    return None
+  return (f"--workdir {workdir} holds a checkpointed run whose config differs from this one in "
+          f"{len(conflicts)} field(s): " + "; ".join(conflicts[:10]) +
+          (" ..." if len(conflicts) > 10 else "") + ". Resuming would splice two runs together: "
+          f"use a new --workdir, pass the same settings again, or delete {ckpt_dir} to restart.")
 
 
 def train(cfg, workdir: epath.PathLike) -> dict[str, float]:
@@ -396,7 +397,10 @@ def train(cfg, workdir: epath.PathLike) -> dict[str, float]:
   shd.maybe_initialize_distributed()
   primary = shd.is_primary()
   workdir = paths.as_path(workdir)
-  _check_resumed_config(cfg, workdir)
+  # Process 0 reads the saved config (before it rewrites it) and every process gets its verdict.
+  conflict = shd.from_primary(_resume_conflict(cfg, workdir) if primary else None)
+  if conflict:
+    raise ValueError(conflict)
   if primary:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(cfg.to_json(indent=2))
