@@ -100,6 +100,7 @@ def main() -> int:
   parser.add_argument("--steps", type=int, default=4)
   parser.add_argument("--out", default="multihost.md")
   args = parser.parse_args()
+  load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
   root = tempfile.mkdtemp(prefix="bench_multihost_")
   model_dir = os.path.join(root, "tiny")
   make_tiny_model(model_dir)
@@ -109,7 +110,8 @@ def main() -> int:
   base = results[0]
   lines = [f"# Multi-process training: 2 processes x 4 CPU devices against 1 x 8",
            "",
-           f"{datetime.date.today().isoformat()}; CPU {cpu_model()}, {os.cpu_count()} cores; "
+           f"{datetime.date.today().isoformat()}; CPU {cpu_model()}, {os.cpu_count()} cores, load "
+           f"average before the runs {load}; "
            f"`python experiments/bench_multihost.py --steps {args.steps}`. The tests' tiny random "
            "Llama (SmolLM2's tokenizer, 49,152-token vocabulary), `tests/train/tiny_loop_config.py` "
            "(2 documents x 2 rollouts + recall probes per step, KL on), mesh (1, 8, 1). Runs one "
