@@ -6,6 +6,10 @@ One mesh with axes ('data', 'fsdp', 'tensor'). Every array names its dimensions 
   over 'tensor' on heads / MLP / vocab; the batch over ('data', 'fsdp').
 - ROLLOUT_RULES: parameters tensor-parallel only (replicated across data and fsdp), so decoding
   needs no per-step all-gathers of weights; the batch over ('data', 'fsdp').
+
+It is also the one place where host arrays meet global arrays (`put_host_array` in, `to_host`
+out) and where the processes of a multi-host job meet (`maybe_initialize_distributed`,
+`is_primary`, `sync`, `any_process`, `from_primary`); see docs/multihost.md.
 """
 
 from __future__ import annotations
