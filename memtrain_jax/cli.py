@@ -18,6 +18,7 @@ _COMMANDS = {
     "data": ("memtrain_jax.data.cli", "main"),
     "serve-retrieval": ("memtrain_jax.retrieval.server", "main"),
     "chat": ("memtrain_jax.chat", "main"),
+    "compile": ("memtrain_jax.aot", "main"),  # memtrain compile --config C --target v5p-16 [--out F]
 }
 
 
