@@ -5,6 +5,7 @@
   memtrain data build --config ... --out DIR
   memtrain serve-retrieval --corpus corpus.jsonl --port 8000
   memtrain chat [--model PATH] [--message TEXT]
+  memtrain compile --config configs/paper/memtrain_qwen3_4b.py --target v5p-16 [--out FILE]
 """
 
 from __future__ import annotations
