@@ -184,10 +184,6 @@ class TransferStats:
   calls: int = 0
   gathered_calls: int = 0  # calls that needed a cross-process gather
 
-  def snapshot(self) -> dict[str, float]:
-    return {"seconds": self.seconds, "calls": float(self.calls),
-            "gathered_calls": float(self.gathered_calls)}
-
 
 TRANSFERS = TransferStats()
 
@@ -253,7 +249,7 @@ def sync(name: str) -> None:
 
 
 def any_process(flag: bool) -> bool:
-  """True on every process when `flag` is True on any (a collective; False alone on one)."""
+  """True on every process when `flag` is True on any (a collective; on one process, `flag`)."""
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils
